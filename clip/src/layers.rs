@@ -1,0 +1,383 @@
+//! Transformer building blocks shared by both towers, each `new(cfg, vb)`
+//! with tensor names that match the HF checkpoint.
+//!
+//! Every block is differentiable. candle's fused `layer_norm` and
+//! `softmax_last_dim` kernels have no backward pass, so they are used only
+//! when nothing needs a gradient (`!Tensor::track_op()`), which is the case
+//! for inference from detached weights; training takes the composed path.
+
+use candle_core::{DType, Module, Result, Tensor, D};
+use candle_nn::{Init, VarBuilder};
+
+use crate::config::Activation;
+
+/// Initialisation used when a layer's weights are created rather than loaded
+/// (training from scratch): N(0, std²), as in open_clip.
+fn normal(std: f64) -> Init {
+    Init::Randn {
+        mean: 0.0,
+        stdev: std,
+    }
+}
+
+/// Layer normalisation over the last dimension, with a backward pass.
+#[derive(Clone, Debug)]
+pub struct LayerNorm {
+    weight: Tensor,
+    bias: Tensor,
+    eps: f64,
+}
+
+impl LayerNorm {
+    /// Loads `{prefix}.weight` and `{prefix}.bias` of size `dim`.
+    pub fn new(dim: usize, eps: f64, vb: VarBuilder) -> Result<Self> {
+        let weight = vb.get_with_hints(dim, "weight", Init::Const(1.0))?;
+        let bias = vb.get_with_hints(dim, "bias", Init::Const(0.0))?;
+        Ok(Self { weight, bias, eps })
+    }
+}
+
+impl Module for LayerNorm {
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let tracking = x.track_op() || self.weight.track_op() || self.bias.track_op();
+        if !tracking && x.dtype() == DType::F32 {
+            let x = x.contiguous()?;
+            return candle_nn::ops::layer_norm(&x, &self.weight, &self.bias, self.eps as f32);
+        }
+        let n = x.dim(D::Minus1)? as f64;
+        let mean = (x.sum_keepdim(D::Minus1)? / n)?;
+        let centred = x.broadcast_sub(&mean)?;
+        let var = (centred.sqr()?.sum_keepdim(D::Minus1)? / n)?;
+        let normed = centred.broadcast_div(&(var + self.eps)?.sqrt()?)?;
+        normed
+            .broadcast_mul(&self.weight)?
+            .broadcast_add(&self.bias)
+    }
+}
+
+/// Softmax over the last dimension: the fused kernel for inference, the
+/// differentiable composition when a gradient is needed.
+pub fn softmax_last_dim(x: &Tensor) -> Result<Tensor> {
+    if x.track_op() {
+        candle_nn::ops::softmax(x, D::Minus1)
+    } else {
+        candle_nn::ops::softmax_last_dim(x)
+    }
+}
+
+/// `y = x Wᵀ + b` over the last dimension (PyTorch `nn.Linear` layout).
+#[derive(Clone, Debug)]
+pub struct Linear {
+    weight: Tensor,
+    bias: Option<Tensor>,
+}
+
+impl Linear {
+    /// Loads `{prefix}.weight` `[out, in]` and, if `bias`, `{prefix}.bias` `[out]`.
+    pub fn new(in_dim: usize, out_dim: usize, bias: bool, vb: VarBuilder) -> Result<Self> {
+        let std = (in_dim as f64).powf(-0.5);
+        let weight = vb.get_with_hints((out_dim, in_dim), "weight", normal(std))?;
+        let bias = if bias {
+            Some(vb.get_with_hints(out_dim, "bias", Init::Const(0.0))?)
+        } else {
+            None
+        };
+        Ok(Self { weight, bias })
+    }
+
+    /// Builds a layer from tensors already at hand.
+    pub fn from_parts(weight: Tensor, bias: Option<Tensor>) -> Self {
+        Self { weight, bias }
+    }
+
+    /// The `[out, in]` weight.
+    pub fn weight(&self) -> &Tensor {
+        &self.weight
+    }
+
+    /// The `[out]` bias, if any.
+    pub fn bias(&self) -> Option<&Tensor> {
+        self.bias.as_ref()
+    }
+}
+
+impl Module for Linear {
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let dims = x.dims();
+        let in_dim = dims[dims.len() - 1];
+        let rows = x.elem_count() / in_dim.max(1);
+        let y = x.reshape((rows, in_dim))?.matmul(&self.weight.t()?)?;
+        let y = match &self.bias {
+            Some(b) => y.broadcast_add(b)?,
+            None => y,
+        };
+        let mut out_dims = dims.to_vec();
+        let last = out_dims.len() - 1;
+        out_dims[last] = y.dim(1)?;
+        y.reshape(out_dims)
+    }
+}
+
+impl Module for Activation {
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        match self {
+            Activation::QuickGelu => x * candle_nn::ops::sigmoid(&(x * 1.702)?)?,
+            Activation::Gelu => x.gelu_erf(),
+            Activation::GeluTanh => x.gelu(),
+        }
+    }
+}
+
+/// Multi-head self-attention (`self_attn.{q,k,v,out}_proj`).
+#[derive(Clone, Debug)]
+pub struct Attention {
+    q_proj: Linear,
+    k_proj: Linear,
+    v_proj: Linear,
+    /// q, k and v fused into one matmul for inference (detached weights only:
+    /// trainable weights change under it, so they are concatenated per call).
+    qkv_fused: Option<Linear>,
+    out_proj: Linear,
+    heads: usize,
+    head_dim: usize,
+}
+
+impl Attention {
+    /// Loads the four projections of a `dim`-wide, `heads`-headed attention.
+    pub fn new(dim: usize, heads: usize, vb: VarBuilder) -> Result<Self> {
+        let q_proj = Linear::new(dim, dim, true, vb.pp("q_proj"))?;
+        let k_proj = Linear::new(dim, dim, true, vb.pp("k_proj"))?;
+        let v_proj = Linear::new(dim, dim, true, vb.pp("v_proj"))?;
+        let out_proj = Linear::new(dim, dim, true, vb.pp("out_proj"))?;
+        let trainable = [&q_proj, &k_proj, &v_proj]
+            .iter()
+            .any(|l| l.weight.is_variable() || l.bias.as_ref().is_some_and(|b| b.is_variable()));
+        let qkv_fused = if trainable {
+            None
+        } else {
+            Some(fuse(&q_proj, &k_proj, &v_proj)?)
+        };
+        Ok(Self {
+            q_proj,
+            k_proj,
+            v_proj,
+            qkv_fused,
+            out_proj,
+            heads,
+            head_dim: dim / heads,
+        })
+    }
+
+    /// Attention over `x` `[batch, seq, dim]`; `mask` (added to the scores,
+    /// `[seq, seq]`) makes it causal.
+    pub fn forward(&self, x: &Tensor, mask: Option<&Tensor>) -> Result<Tensor> {
+        let (b, n, d) = x.dims3()?;
+        let qkv = match &self.qkv_fused {
+            Some(l) => l.forward(x)?,
+            None => fuse(&self.q_proj, &self.k_proj, &self.v_proj)?.forward(x)?,
+        };
+        // [b, n, 3, heads, head_dim] -> [3, b, heads, n, head_dim]
+        let qkv = qkv
+            .reshape((b, n, 3, self.heads, self.head_dim))?
+            .permute((2, 0, 3, 1, 4))?;
+        let scale = (self.head_dim as f64).powf(-0.5);
+        let q = (qkv.get(0)?.contiguous()? * scale)?;
+        let k = qkv.get(1)?.contiguous()?;
+        let v = qkv.get(2)?.contiguous()?;
+        let scores = q.matmul(&k.t()?)?;
+        let scores = match mask {
+            Some(m) => scores.broadcast_add(m)?,
+            None => scores,
+        };
+        let probs = softmax_last_dim(&scores)?;
+        let out = probs.matmul(&v)?.transpose(1, 2)?.reshape((b, n, d))?;
+        self.out_proj.forward(&out)
+    }
+}
+
+fn fuse(q: &Linear, k: &Linear, v: &Linear) -> Result<Linear> {
+    let w = Tensor::cat(&[&q.weight, &k.weight, &v.weight], 0)?;
+    let bias = match (&q.bias, &k.bias, &v.bias) {
+        (Some(a), Some(b), Some(c)) => Some(Tensor::cat(&[a, b, c], 0)?),
+        _ => None,
+    };
+    Ok(Linear::from_parts(w, bias))
+}
+
+/// The feed-forward block (`mlp.fc1`, activation, `mlp.fc2`).
+#[derive(Clone, Debug)]
+pub struct Mlp {
+    fc1: Linear,
+    fc2: Linear,
+    act: Activation,
+}
+
+impl Mlp {
+    /// Loads `fc1` `[inner, dim]` and `fc2` `[dim, inner]`.
+    pub fn new(dim: usize, inner: usize, act: Activation, vb: VarBuilder) -> Result<Self> {
+        Ok(Self {
+            fc1: Linear::new(dim, inner, true, vb.pp("fc1"))?,
+            fc2: Linear::new(inner, dim, true, vb.pp("fc2"))?,
+            act,
+        })
+    }
+}
+
+impl Module for Mlp {
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        self.fc2.forward(&self.act.forward(&self.fc1.forward(x)?)?)
+    }
+}
+
+/// Shapes of one transformer stack.
+#[derive(Clone, Copy, Debug)]
+pub struct EncoderShape {
+    /// Residual width.
+    pub dim: usize,
+    /// MLP width.
+    pub inner: usize,
+    /// Attention heads.
+    pub heads: usize,
+    /// Blocks.
+    pub layers: usize,
+    /// MLP activation.
+    pub act: Activation,
+    /// LayerNorm epsilon.
+    pub eps: f64,
+}
+
+/// One pre-norm residual block: `x + attn(ln1(x))`, then `x + mlp(ln2(x))`.
+#[derive(Clone, Debug)]
+pub struct EncoderLayer {
+    self_attn: Attention,
+    layer_norm1: LayerNorm,
+    mlp: Mlp,
+    layer_norm2: LayerNorm,
+}
+
+impl EncoderLayer {
+    /// Loads one block.
+    pub fn new(s: &EncoderShape, vb: VarBuilder) -> Result<Self> {
+        Ok(Self {
+            self_attn: Attention::new(s.dim, s.heads, vb.pp("self_attn"))?,
+            layer_norm1: LayerNorm::new(s.dim, s.eps, vb.pp("layer_norm1"))?,
+            mlp: Mlp::new(s.dim, s.inner, s.act, vb.pp("mlp"))?,
+            layer_norm2: LayerNorm::new(s.dim, s.eps, vb.pp("layer_norm2"))?,
+        })
+    }
+
+    /// Runs the block.
+    pub fn forward(&self, x: &Tensor, mask: Option<&Tensor>) -> Result<Tensor> {
+        let h = self
+            .self_attn
+            .forward(&self.layer_norm1.forward(x)?, mask)?;
+        let x = (x + h)?;
+        let h = self.mlp.forward(&self.layer_norm2.forward(&x)?)?;
+        x + h
+    }
+}
+
+/// A stack of blocks (`encoder.layers.{i}`).
+#[derive(Clone, Debug)]
+pub struct Encoder {
+    layers: Vec<EncoderLayer>,
+}
+
+impl Encoder {
+    /// Loads `s.layers` blocks.
+    pub fn new(s: &EncoderShape, vb: VarBuilder) -> Result<Self> {
+        let vb = vb.pp("layers");
+        let layers = (0..s.layers)
+            .map(|i| EncoderLayer::new(s, vb.pp(i)))
+            .collect::<Result<Vec<_>>>()?;
+        Ok(Self { layers })
+    }
+
+    /// Runs all blocks; with `keep_hidden`, also returns the input and the
+    /// output of every block (HF's `hidden_states`).
+    pub fn forward(
+        &self,
+        x: &Tensor,
+        mask: Option<&Tensor>,
+        keep_hidden: bool,
+    ) -> Result<(Tensor, Vec<Tensor>)> {
+        let mut hidden = Vec::new();
+        let mut x = x.clone();
+        for layer in &self.layers {
+            if keep_hidden {
+                hidden.push(x.clone());
+            }
+            x = layer.forward(&x, mask)?;
+        }
+        if keep_hidden {
+            hidden.push(x.clone());
+        }
+        Ok((x, hidden))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::{Device, Var};
+
+    #[test]
+    fn layer_norm_fast_and_slow_paths_agree_and_slow_has_gradients() {
+        let dev = Device::Cpu;
+        let x = Tensor::randn(0f32, 2.0, (3, 5, 8), &dev).unwrap();
+        let w = Tensor::randn(1f32, 0.1, 8, &dev).unwrap();
+        let b = Tensor::randn(0f32, 0.1, 8, &dev).unwrap();
+        let fast = LayerNorm {
+            weight: w.clone(),
+            bias: b.clone(),
+            eps: 1e-5,
+        };
+        let wv = Var::from_tensor(&w).unwrap();
+        let slow = LayerNorm {
+            weight: wv.as_tensor().clone(),
+            bias: b,
+            eps: 1e-5,
+        };
+        let a = fast.forward(&x).unwrap();
+        let c = slow.forward(&x).unwrap();
+        let diff = (a - &c)
+            .unwrap()
+            .abs()
+            .unwrap()
+            .max_all()
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap();
+        assert!(diff < 1e-5, "{diff}");
+        let grads = c.sqr().unwrap().sum_all().unwrap().backward().unwrap();
+        let g = grads
+            .get(wv.as_tensor())
+            .expect("LayerNorm weight gets a gradient");
+        assert!(
+            g.abs()
+                .unwrap()
+                .sum_all()
+                .unwrap()
+                .to_scalar::<f32>()
+                .unwrap()
+                > 0.0
+        );
+    }
+
+    #[test]
+    fn softmax_paths_agree() {
+        let x = Tensor::randn(0f32, 3.0, (2, 7), &Device::Cpu).unwrap();
+        let v = Var::from_tensor(&x).unwrap();
+        let a = softmax_last_dim(&x).unwrap();
+        let b = softmax_last_dim(v.as_tensor()).unwrap();
+        let diff = (a - b)
+            .unwrap()
+            .abs()
+            .unwrap()
+            .max_all()
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap();
+        assert!(diff < 1e-6);
+    }
+}

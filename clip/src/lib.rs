@@ -1,0 +1,39 @@
+//! CLIP (Radford et al. 2021) on candle, owned by Glimpse.
+//!
+//! [`ClipModel`] is the network — a ViT image tower and a causal text tower
+//! projected into one space — written so that it matches HF transformers'
+//! `CLIPModel` numerically *and* is differentiable end to end (its LayerNorm
+//! and softmax have backward passes, which candle's fused kernels lack), so
+//! the trainer uses the same code. [`Clip`] bundles a model loaded from
+//! detached weights with its tokenizer and preprocessing recipe: it is what
+//! turns texts and pixels into normalised embeddings. [`ModelFiles`] reads
+//! a model directory in the Hugging Face or OpenCLIP layout, converting names
+//! on load and naming any missing or mis-shaped tensor; [`resolve_model`]
+//! fetches a hub repository into the standard cache.
+//!
+//! This crate does not decode images (`glimpse-decoder` turns files into
+//! pixels) and does not train (`glimpse-trainer` does, on [`ClipModel`]).
+#![warn(missing_docs)]
+
+mod checkpoint;
+mod config;
+mod embedder;
+mod error;
+mod hub;
+mod layers;
+mod model;
+mod text;
+mod vision;
+
+#[cfg(test)]
+mod reference_tests;
+
+pub use checkpoint::{Layout, ModelFiles};
+pub use config::{Activation, ClipConfig, TextConfig, VisionConfig};
+pub use embedder::Clip;
+pub use error::ClipError;
+pub use hub::{resolve_model, resolve_model_with, HubOptions};
+pub use layers::{Attention, Encoder, EncoderLayer, EncoderShape, LayerNorm, Linear, Mlp};
+pub use model::ClipModel;
+pub use text::{l2_normalize, TextOutput, TextTransformer};
+pub use vision::{VisionOutput, VisionTransformer};

@@ -1,0 +1,385 @@
+//! The model against HF transformers' outputs on the random-weight fixture
+//! (`tests/fixtures/clip-tiny-hf`, see its PROVENANCE.md), in both layouts,
+//! plus loading failures and a GELU model of another shape.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+use candle_core::{DType, Device, Tensor};
+use candle_nn::{VarBuilder, VarMap};
+
+use crate::{l2_normalize, Clip, ClipConfig, ClipError, ClipModel, Layout};
+
+fn fixture_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures/clip-tiny-hf")
+}
+
+struct Expected {
+    tensors: HashMap<String, Tensor>,
+    tolerances: serde_json::Value,
+}
+
+impl Expected {
+    fn load() -> Self {
+        let dir = fixture_dir();
+        let tensors =
+            candle_core::safetensors::load(dir.join("expected.safetensors"), &Device::Cpu).unwrap();
+        let meta: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(dir.join("expected_meta.json")).unwrap())
+                .unwrap();
+        Self {
+            tensors,
+            tolerances: meta["tolerances"].clone(),
+        }
+    }
+
+    fn get(&self, name: &str) -> &Tensor {
+        self.tensors
+            .get(name)
+            .unwrap_or_else(|| panic!("fixture lacks {name}"))
+    }
+
+    fn tol(&self, key: &str) -> f32 {
+        self.tolerances[key]
+            .as_f64()
+            .unwrap_or_else(|| panic!("no tolerance {key}")) as f32
+    }
+
+    fn ids(&self, name: &str) -> Vec<Vec<u32>> {
+        self.get(name)
+            .to_dtype(DType::U32)
+            .unwrap()
+            .to_vec2::<u32>()
+            .unwrap()
+    }
+}
+
+fn max_abs(a: &Tensor, b: &Tensor) -> f32 {
+    assert_eq!(a.dims(), b.dims(), "shapes differ");
+    (a - b)
+        .unwrap()
+        .abs()
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .max(0)
+        .unwrap()
+        .to_scalar::<f32>()
+        .unwrap()
+}
+
+fn check(what: &str, ours: &Tensor, theirs: &Tensor, tol: f32) {
+    let d = max_abs(ours, theirs);
+    eprintln!("{what}: max abs diff {d:e} (tolerance {tol:e})");
+    assert!(d <= tol, "{what}: max abs diff {d} > tolerance {tol}");
+}
+
+fn check_layout(dir: &Path, layout: Layout) {
+    let exp = Expected::load();
+    let clip = Clip::load_dir(dir, &Device::Cpu).unwrap();
+    assert_eq!(clip.layout(), layout);
+    let model = clip.model();
+
+    // Vision, from the stored pixel values.
+    let pixels = exp.get("pixel_values");
+    let v = model.vision_outputs(pixels, true).unwrap();
+    let tol_h = exp.tol("vision_pooler_output");
+    for (i, h) in v.hidden_states.iter().enumerate() {
+        check(
+            &format!("vision hidden state {i}"),
+            &h.get(0).unwrap(),
+            exp.get(&format!("vision_hidden_states_img0.{i}")),
+            tol_h,
+        );
+    }
+    check(
+        "vision last_hidden_state",
+        &v.last_hidden_state,
+        exp.get("vision_last_hidden_state"),
+        tol_h,
+    );
+    check(
+        "vision pooler_output",
+        &v.pooled,
+        exp.get("vision_pooler_output"),
+        tol_h,
+    );
+    let img_raw = model.project_image(&v.pooled).unwrap();
+    check(
+        "image_embeds_unnorm",
+        &img_raw,
+        exp.get("image_embeds_unnorm"),
+        exp.tol("image_embeds_unnorm"),
+    );
+    let img = l2_normalize(&img_raw).unwrap();
+    check(
+        "image_embeds",
+        &img,
+        exp.get("image_embeds"),
+        exp.tol("image_embeds"),
+    );
+    // The public entry point gives the same.
+    check(
+        "image_features",
+        &model.image_features(pixels).unwrap(),
+        &img_raw,
+        0.0,
+    );
+
+    // Text, full 77-token sequences with HF's padding and attention mask.
+    let ids = exp.get("input_ids").to_dtype(DType::U32).unwrap();
+    let eot = model
+        .text_model()
+        .eot_positions(&exp.ids("input_ids"))
+        .unwrap();
+    let expected_eot: Vec<usize> = exp
+        .get("eot_index")
+        .to_dtype(DType::U32)
+        .unwrap()
+        .to_vec1::<u32>()
+        .unwrap()
+        .into_iter()
+        .map(|x| x as usize)
+        .collect();
+    assert_eq!(eot, expected_eot);
+    let mask = exp.get("attention_mask");
+    let t = model.text_outputs(&ids, &eot, Some(mask), true).unwrap();
+    let tol_t = exp.tol("text_pooler_output");
+    for (i, h) in t.hidden_states.iter().enumerate() {
+        check(
+            &format!("text hidden state {i}"),
+            &h.get(0).unwrap(),
+            exp.get(&format!("text_hidden_states_txt0.{i}")),
+            tol_t,
+        );
+    }
+    check(
+        "text last_hidden_state",
+        &t.last_hidden_state,
+        exp.get("text_last_hidden_state"),
+        tol_t,
+    );
+    check(
+        "text pooler_output",
+        &t.pooled,
+        exp.get("text_pooler_output"),
+        tol_t,
+    );
+    let txt_raw = model.project_text(&t.pooled).unwrap();
+    check(
+        "text_embeds_unnorm",
+        &txt_raw,
+        exp.get("text_embeds_unnorm"),
+        exp.tol("text_embeds_unnorm"),
+    );
+    let txt = l2_normalize(&txt_raw).unwrap();
+    check(
+        "text_embeds",
+        &txt,
+        exp.get("text_embeds"),
+        exp.tol("text_embeds"),
+    );
+
+    // Encoding only up to EOT (the query path) gives the same embeddings, with
+    // either padding convention.
+    for name in ["input_ids", "input_ids_open_clip"] {
+        let short = model.text_features(&exp.ids(name)).unwrap();
+        check(
+            &format!("text_features({name})"),
+            &short,
+            exp.get("text_embeds_unnorm"),
+            exp.tol("text_embeds_unnorm"),
+        );
+    }
+
+    let logits = model.logits(&img, &txt).unwrap();
+    check(
+        "logits_per_image",
+        &logits,
+        exp.get("logits_per_image"),
+        exp.tol("logits_per_image"),
+    );
+    check(
+        "logits_per_text",
+        &logits.t().unwrap(),
+        exp.get("logits_per_text"),
+        exp.tol("logits_per_image"),
+    );
+}
+
+#[test]
+fn hf_layout_matches_reference() {
+    check_layout(&fixture_dir(), Layout::HuggingFace);
+}
+
+#[test]
+fn open_clip_layout_matches_reference() {
+    check_layout(&fixture_dir().join("open_clip"), Layout::OpenClip);
+}
+
+#[test]
+fn tokenizer_and_text_path_match_reference_ids() {
+    let exp = Expected::load();
+    let clip = Clip::load_dir(&fixture_dir(), &Device::Cpu).unwrap();
+    let meta: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(fixture_dir().join("expected_meta.json")).unwrap(),
+    )
+    .unwrap();
+    let captions: Vec<&str> = meta["captions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c.as_str().unwrap())
+        .collect();
+    for (cap, reference) in captions.iter().zip(exp.ids("input_ids_open_clip")) {
+        let ours = clip.tokenize(cap).unwrap();
+        assert_eq!(ours[..], reference[..ours.len()], "caption {cap:?}");
+    }
+    let embs = clip.embed_texts(&captions, false).unwrap();
+    let ours = Tensor::new(embs, &Device::Cpu).unwrap();
+    check(
+        "embed_texts",
+        &ours,
+        exp.get("text_embeds"),
+        exp.tol("text_embeds"),
+    );
+}
+
+/// Writes `tensors` + `config` as an HF-layout model directory.
+fn write_model(dir: &Path, cfg: &ClipConfig, tensors: &HashMap<String, Tensor>) {
+    std::fs::create_dir_all(dir).unwrap();
+    std::fs::write(dir.join("config.json"), cfg.to_hf_json()).unwrap();
+    candle_core::safetensors::save(tensors, dir.join("model.safetensors")).unwrap();
+}
+
+fn fixture_tensors() -> HashMap<String, Tensor> {
+    candle_core::safetensors::load(fixture_dir().join("model.safetensors"), &Device::Cpu).unwrap()
+}
+
+fn load_err(dir: &Path) -> String {
+    Clip::load_dir(dir, &Device::Cpu).unwrap_err().to_string()
+}
+
+#[test]
+fn gelu_model_of_another_shape_loads_and_runs() {
+    let json = r#"{"projection_dim": 24,
+        "text_config": {"vocab_size": 49408, "hidden_size": 48, "intermediate_size": 96, "num_hidden_layers": 3,
+                        "num_attention_heads": 3, "max_position_embeddings": 40, "hidden_act": "gelu"},
+        "vision_config": {"hidden_size": 40, "intermediate_size": 120, "num_hidden_layers": 1, "num_attention_heads": 5,
+                          "image_size": 48, "patch_size": 12, "hidden_act": "gelu", "layer_norm_eps": 1e-6}}"#;
+    let cfg = ClipConfig::from_hf_json(json, "test").unwrap();
+    let varmap = VarMap::new();
+    let trained = ClipModel::new(
+        &cfg,
+        VarBuilder::from_varmap(&varmap, DType::F32, &Device::Cpu),
+    )
+    .unwrap();
+    let tensors: HashMap<String, Tensor> = varmap
+        .data()
+        .lock()
+        .unwrap()
+        .iter()
+        .map(|(k, v)| (k.clone(), v.as_tensor().detach()))
+        .collect();
+    let tmp = tempfile::tempdir().unwrap();
+    write_model(tmp.path(), &cfg, &tensors);
+    let clip = Clip::load_dir(tmp.path(), &Device::Cpu).unwrap();
+    assert_eq!(clip.embedding_dim(), 24);
+    assert_eq!(clip.preprocess().image_size, 48);
+
+    let pixels = Tensor::randn(0f32, 1.0, (2, 3, 48, 48), &Device::Cpu).unwrap();
+    let a = clip.model().image_features(&pixels).unwrap();
+    let b = trained.image_features(&pixels).unwrap();
+    check("reloaded gelu image features", &a, &b, 1e-5);
+    let e = clip.embed_texts(&["a red square", ""], false).unwrap();
+    assert_eq!(e.len(), 2);
+    assert!(e
+        .iter()
+        .all(|v| v.len() == 24 && v.iter().all(|x| x.is_finite())));
+    // The activation is really GELU: the same weights read as QuickGELU differ.
+    let mut quick = cfg.clone();
+    quick.vision_config.hidden_act = crate::Activation::QuickGelu;
+    let q = ClipModel::new(
+        &quick,
+        VarBuilder::from_tensors(tensors, DType::F32, &Device::Cpu),
+    )
+    .unwrap();
+    assert!(max_abs(&q.image_features(&pixels).unwrap(), &a) > 1e-4);
+}
+
+#[test]
+fn missing_or_misshaped_tensor_is_named() {
+    let tmp = tempfile::tempdir().unwrap();
+    let cfg = ClipConfig::from_hf_json(
+        &std::fs::read_to_string(fixture_dir().join("config.json")).unwrap(),
+        "config.json",
+    )
+    .unwrap();
+    let mut t = fixture_tensors();
+    t.remove("vision_model.embeddings.class_embedding");
+    write_model(&tmp.path().join("missing"), &cfg, &t);
+    let e = load_err(&tmp.path().join("missing"));
+    assert!(
+        e.contains("missing tensor 'vision_model.embeddings.class_embedding'"),
+        "{e}"
+    );
+    assert!(!e.contains('\n'));
+
+    let mut t = fixture_tensors();
+    let w = t["visual_projection.weight"]
+        .t()
+        .unwrap()
+        .contiguous()
+        .unwrap();
+    t.insert("visual_projection.weight".into(), w);
+    write_model(&tmp.path().join("shape"), &cfg, &t);
+    let e = load_err(&tmp.path().join("shape"));
+    assert!(
+        e.contains("'visual_projection.weight' has shape [64, 32]") && e.contains("[32, 64]"),
+        "{e}"
+    );
+}
+
+#[test]
+fn bad_directories_give_clear_errors() {
+    let tmp = tempfile::tempdir().unwrap();
+    let e = load_err(&tmp.path().join("nope"));
+    assert!(
+        e.contains("nope") && e.contains("no such model directory"),
+        "{e}"
+    );
+    let e = load_err(tmp.path());
+    assert!(
+        e.contains("holds no CLIP weights") && e.contains("model.safetensors"),
+        "{e}"
+    );
+    std::fs::write(tmp.path().join("pytorch_model.bin"), b"pickle").unwrap();
+    let e = load_err(tmp.path());
+    assert!(
+        e.contains("pytorch_model.bin") && e.contains("refs/pr/15"),
+        "{e}"
+    );
+    let garbage = tmp.path().join("garbage");
+    std::fs::create_dir(&garbage).unwrap();
+    std::fs::copy(
+        fixture_dir().join("config.json"),
+        garbage.join("config.json"),
+    )
+    .unwrap();
+    std::fs::write(garbage.join("model.safetensors"), b"not safetensors at all").unwrap();
+    let e = load_err(&garbage);
+    assert!(
+        e.contains("model.safetensors") && e.contains("not a readable safetensors"),
+        "{e}"
+    );
+    std::fs::write(garbage.join("config.json"), b"{ not json").unwrap();
+    let e = load_err(&garbage);
+    assert!(
+        e.contains("bad model config") && e.contains("config.json"),
+        "{e}"
+    );
+    assert!(matches!(
+        Clip::load_dir(&garbage, &Device::Cpu),
+        Err(ClipError::BadConfig { .. })
+    ));
+}
