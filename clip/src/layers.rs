@@ -10,6 +10,7 @@ use candle_core::{DType, Module, Result, Tensor, D};
 use candle_nn::{Init, VarBuilder};
 
 use crate::config::Activation;
+use crate::kernels::{fused_activation, small_matmul_t, SMALL_M};
 
 /// Initialisation used when a layer's weights are created rather than loaded
 /// (training from scratch): N(0, std²), as in open_clip.
@@ -106,7 +107,13 @@ impl Module for Linear {
         let dims = x.dims();
         let in_dim = dims[dims.len() - 1];
         let rows = x.elem_count() / in_dim.max(1);
-        let y = x.reshape((rows, in_dim))?.matmul(&self.weight.t()?)?;
+        let x2 = x.reshape((rows, in_dim))?;
+        let fast = rows <= SMALL_M && !x.track_op() && !self.weight.track_op() && x.dtype() == DType::F32;
+        let y = if fast {
+            small_matmul_t(&x2, &self.weight)?
+        } else {
+            x2.matmul(&self.weight.t()?)?
+        };
         let y = match &self.bias {
             Some(b) => y.broadcast_add(b)?,
             None => y,
@@ -120,6 +127,9 @@ impl Module for Linear {
 
 impl Module for Activation {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        if !x.track_op() && x.dtype() == DType::F32 {
+            return fused_activation(x, *self);
+        }
         match self {
             Activation::QuickGelu => x * candle_nn::ops::sigmoid(&(x * 1.702)?)?,
             Activation::Gelu => x.gelu_erf(),

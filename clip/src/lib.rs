@@ -20,6 +20,7 @@ mod config;
 mod embedder;
 mod error;
 mod hub;
+mod kernels;
 mod layers;
 mod model;
 mod text;
