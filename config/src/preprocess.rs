@@ -5,7 +5,7 @@ use serde::{Deserialize, Serialize};
 /// Per-channel mean of the OpenAI CLIP training images (RGB, in [0, 1]).
 pub const OPENAI_MEAN: [f32; 3] = [0.481_454_66, 0.457_827_5, 0.408_210_73];
 /// Per-channel standard deviation of the OpenAI CLIP training images.
-pub const OPENAI_STD: [f32; 3] = [0.268_629_54, 0.261_302_58, 0.275_777_1];
+pub const OPENAI_STD: [f32; 3] = [0.268_629_54, 0.261_302_6, 0.275_777_1];
 /// Pillow's decompression-bomb error threshold (`2 * Image.MAX_IMAGE_PIXELS`),
 /// the default pixel limit: larger images are refused before decoding.
 pub const PILLOW_MAX_PIXELS: u64 = 178_956_970;

@@ -1,0 +1,1192 @@
+//! A JPEG decoder whose output is bit-identical to libjpeg-turbo's (as used
+//! by Pillow) for the common case: 8-bit, Huffman-coded, sequential or
+//! progressive, greyscale or three-component YCbCr/RGB.
+//!
+//! Entropy decoding is exact by nature; what makes decoders differ is the
+//! reconstruction, so these parts are ports of libjpeg-turbo's C code:
+//! the accurate integer IDCT (`jidctint.c`, `jpeg_idct_islow`) with its
+//! range-limit table, "fancy" chroma upsampling (`jdsample.c`: h2v1, h1v2,
+//! h2v2 triangle filters with their alternating rounding biases, context
+//! rows replicated at the top and bottom edges, replication for other
+//! integer ratios and for chroma planes at most 2 samples wide) and the
+//! YCbCr→RGB tables of `jdcolor.c`. libjpeg-turbo's SIMD versions of these
+//! are bit-exact with the C ones.
+//!
+//! Anything else (arithmetic coding, 12-bit, lossless, CMYK/YCCK, odd
+//! sampling ratios) and any damaged file returns `Err`, and the caller falls
+//! back to the `image` crate's decoder (zune-jpeg), which is more lenient
+//! but differs from libjpeg-turbo by a few levels.
+
+use image::{DynamicImage, GrayImage, RgbImage};
+
+/// Why this decoder declined; the caller falls back to another decoder.
+pub(crate) type Declined = &'static str;
+type Result<T> = std::result::Result<T, Declined>;
+
+/// Zigzag index → natural index, padded like libjpeg's
+/// `jpeg_natural_order` so that corrupt run lengths cannot index past it.
+const NATURAL_ORDER: [usize; 80] = [
+    0, 1, 8, 16, 9, 2, 3, 10, 17, 24, 32, 25, 18, 11, 4, 5, 12, 19, 26, 33, 40, 48, 41, 34, 27, 20,
+    13, 6, 7, 14, 21, 28, 35, 42, 49, 56, 57, 50, 43, 36, 29, 22, 15, 23, 30, 37, 44, 51, 58, 59,
+    52, 45, 38, 31, 39, 46, 53, 60, 61, 54, 47, 55, 62, 63, 63, 63, 63, 63, 63, 63, 63, 63, 63, 63,
+    63, 63, 63, 63, 63, 63,
+];
+
+/// Decodes `data` exactly as libjpeg-turbo would, or declines.
+pub(crate) fn decode(data: &[u8]) -> Result<DynamicImage> {
+    let mut d = Decoder::default();
+    d.run(data)?;
+    d.finish()
+}
+
+// ---------------------------------------------------------------- Huffman
+
+const FAST_BITS: u32 = 9;
+
+struct Huffman {
+    /// Indexed by the next `FAST_BITS` bits: `(length << 8) | symbol`, or 0.
+    fast: Vec<u16>,
+    /// Largest code of each length (-1: none); index 17 is a sentinel.
+    maxcode: [i32; 18],
+    /// Added to a code of each length to index `values`.
+    valoffset: [i32; 17],
+    values: Vec<u8>,
+}
+
+impl Huffman {
+    /// libjpeg's `jpeg_make_d_derived_tbl`.
+    fn new(counts: &[u8; 16], values: &[u8]) -> Result<Self> {
+        let mut sizes = Vec::with_capacity(values.len());
+        for (l, &n) in counts.iter().enumerate() {
+            sizes.extend(std::iter::repeat_n(l as u32 + 1, usize::from(n)));
+        }
+        if sizes.len() != values.len() {
+            return Err("bad Huffman table");
+        }
+        let mut codes = Vec::with_capacity(sizes.len());
+        let mut code = 0u32;
+        let mut si = sizes.first().copied().unwrap_or(1);
+        let mut p = 0;
+        while p < sizes.len() {
+            while p < sizes.len() && sizes[p] == si {
+                codes.push(code);
+                code += 1;
+                p += 1;
+            }
+            // No code may be all ones (libjpeg rejects such tables).
+            if code >= (1 << si) {
+                return Err("bad Huffman table");
+            }
+            code <<= 1;
+            si += 1;
+        }
+        let mut maxcode = [-1i32; 18];
+        let mut valoffset = [0i32; 17];
+        let mut p = 0usize;
+        for l in 1..=16 {
+            let n = usize::from(counts[l - 1]);
+            if n > 0 {
+                valoffset[l] = p as i32 - codes[p] as i32;
+                p += n;
+                maxcode[l] = codes[p - 1] as i32;
+            }
+        }
+        maxcode[17] = i32::MAX;
+        let mut fast = vec![0u16; 1 << FAST_BITS];
+        for (i, (&len, &code)) in sizes.iter().zip(&codes).enumerate() {
+            if len <= FAST_BITS {
+                let shift = FAST_BITS - len;
+                let first = (code << shift) as usize;
+                for e in &mut fast[first..first + (1 << shift)] {
+                    *e = ((len as u16) << 8) | u16::from(values[i]);
+                }
+            }
+        }
+        Ok(Self {
+            fast,
+            maxcode,
+            valoffset,
+            values: values.to_vec(),
+        })
+    }
+}
+
+// ------------------------------------------------------------ bit reader
+
+struct Bits<'a> {
+    data: &'a [u8],
+    pos: usize,
+    /// Valid bits are the top `n` bits.
+    acc: u64,
+    n: u32,
+    /// A marker (or the end of data) was reached: zeros are fed from now on.
+    stopped: bool,
+    /// Zero bits fed after stopping (consuming them means the data ran out).
+    fed: u32,
+}
+
+impl<'a> Bits<'a> {
+    fn new(data: &'a [u8], pos: usize) -> Self {
+        Self {
+            data,
+            pos,
+            acc: 0,
+            n: 0,
+            stopped: false,
+            fed: 0,
+        }
+    }
+
+    /// libjpeg's `jpeg_fill_bit_buffer`: 0xFF 0x00 is a data 0xFF (after
+    /// any number of 0xFF fill bytes); 0xFF followed by anything else is a
+    /// marker, where reading stops.
+    #[inline]
+    fn fill(&mut self) {
+        while self.n <= 56 {
+            let mut byte = 0u8;
+            if !self.stopped {
+                match self.data.get(self.pos) {
+                    None => self.stopped = true,
+                    Some(&0xFF) => {
+                        let mut q = self.pos + 1;
+                        while self.data.get(q) == Some(&0xFF) {
+                            q += 1;
+                        }
+                        if self.data.get(q) == Some(&0) {
+                            byte = 0xFF;
+                            self.pos = q + 1;
+                        } else {
+                            // Leave `pos` on the marker.
+                            self.pos = q - 1;
+                            self.stopped = true;
+                        }
+                    }
+                    Some(&b) => {
+                        byte = b;
+                        self.pos += 1;
+                    }
+                }
+            }
+            if self.stopped {
+                self.fed += 8;
+            }
+            self.acc |= u64::from(byte) << (56 - self.n);
+            self.n += 8;
+        }
+    }
+
+    #[inline(always)]
+    fn bits(&mut self, k: u32) -> u32 {
+        if k == 0 {
+            return 0;
+        }
+        if self.n < k {
+            self.fill();
+        }
+        let v = (self.acc >> (64 - k)) as u32;
+        self.acc <<= k;
+        self.n -= k;
+        v
+    }
+
+    #[inline(always)]
+    fn bit(&mut self) -> bool {
+        self.bits(1) != 0
+    }
+
+    #[inline(always)]
+    fn decode(&mut self, h: &Huffman) -> Result<u8> {
+        if self.n < 16 {
+            self.fill();
+        }
+        let e = h.fast[(self.acc >> (64 - FAST_BITS)) as usize];
+        if e != 0 {
+            let len = u32::from(e >> 8);
+            self.acc <<= len;
+            self.n -= len;
+            return Ok(e as u8);
+        }
+        self.decode_slow(h)
+    }
+
+    /// Codes longer than `FAST_BITS` (libjpeg's `jpeg_huff_decode`).
+    #[inline(never)]
+    fn decode_slow(&mut self, h: &Huffman) -> Result<u8> {
+        let mut l = FAST_BITS + 1;
+        loop {
+            let code = (self.acc >> (64 - l)) as i32;
+            if code <= h.maxcode[l as usize] {
+                self.acc <<= l;
+                self.n -= l;
+                let i = code + h.valoffset[l as usize];
+                return h.values.get(i as usize).copied().ok_or("bad Huffman code");
+            }
+            l += 1;
+            if l > 16 {
+                return Err("bad Huffman code");
+            }
+        }
+    }
+
+    /// Whether bits fed after the end of the data were consumed.
+    fn overran(&self) -> bool {
+        self.fed > self.n
+    }
+
+    /// Discards buffered bits and consumes the RSTn marker that must follow.
+    fn restart(&mut self) -> Result<()> {
+        if self.overran() {
+            return Err("data ends before the restart marker");
+        }
+        self.acc = 0;
+        self.n = 0;
+        self.fed = 0;
+        self.stopped = false;
+        let mut p = self.pos;
+        while self.data.get(p) == Some(&0xFF) && self.data.get(p + 1) == Some(&0xFF) {
+            p += 1;
+        }
+        match (self.data.get(p), self.data.get(p + 1)) {
+            (Some(0xFF), Some(0xD0..=0xD7)) => {
+                self.pos = p + 2;
+                Ok(())
+            }
+            _ => Err("missing restart marker"),
+        }
+    }
+}
+
+/// libjpeg's `HUFF_EXTEND`.
+#[inline]
+fn extend(v: u32, s: u32) -> i32 {
+    if s == 0 {
+        0
+    } else if v < (1 << (s - 1)) {
+        v as i32 + ((-1i32) << s) + 1
+    } else {
+        v as i32
+    }
+}
+
+// ------------------------------------------------------------------ IDCT
+
+const CONST_BITS: i32 = 13;
+const PASS1_BITS: i32 = 2;
+const FIX_0_298631336: i32 = 2446;
+const FIX_0_390180644: i32 = 3196;
+const FIX_0_541196100: i32 = 4433;
+const FIX_0_765366865: i32 = 6270;
+const FIX_0_899976223: i32 = 7373;
+const FIX_1_175875602: i32 = 9633;
+const FIX_1_501321110: i32 = 12299;
+const FIX_1_847759065: i32 = 15137;
+const FIX_1_961570560: i32 = 16069;
+const FIX_2_053119869: i32 = 16819;
+const FIX_2_562915447: i32 = 20995;
+const FIX_3_072711026: i32 = 25172;
+
+/// libjpeg's post-IDCT range-limit table, indexed by `x & 1023`: `x + 128`
+/// clamped to 0..=255 for |x| < 512, wrapping beyond like the C code.
+const IDCT_LIMIT: [u8; 1024] = {
+    let mut t = [0u8; 1024];
+    let mut i = 0;
+    while i < 1024 {
+        t[i] = if i < 128 {
+            (i + 128) as u8
+        } else if i < 512 {
+            255
+        } else if i < 896 {
+            0
+        } else {
+            (i - 896) as u8
+        };
+        i += 1;
+    }
+    t
+};
+
+#[inline(always)]
+fn descale(x: i32, n: i32) -> i32 {
+    x.wrapping_add(1 << (n - 1)) >> n
+}
+
+/// The even and odd halves shared by both passes of `jpeg_idct_islow`;
+/// returns the 8 outputs before descaling, in order 0..8.
+#[inline(always)]
+fn idct_1d(i: [i32; 8]) -> [i32; 8] {
+    // Even part.
+    let (z2, z3) = (i[2], i[6]);
+    let z1 = z2.wrapping_add(z3).wrapping_mul(FIX_0_541196100);
+    let tmp2 = z1.wrapping_add(z3.wrapping_mul(-FIX_1_847759065));
+    let tmp3 = z1.wrapping_add(z2.wrapping_mul(FIX_0_765366865));
+    let tmp0 = i[0].wrapping_add(i[4]).wrapping_shl(CONST_BITS as u32);
+    let tmp1 = i[0].wrapping_sub(i[4]).wrapping_shl(CONST_BITS as u32);
+    let tmp10 = tmp0.wrapping_add(tmp3);
+    let tmp13 = tmp0.wrapping_sub(tmp3);
+    let tmp11 = tmp1.wrapping_add(tmp2);
+    let tmp12 = tmp1.wrapping_sub(tmp2);
+    // Odd part.
+    let (mut t0, mut t1, mut t2, mut t3) = (i[7], i[5], i[3], i[1]);
+    let z1 = t0.wrapping_add(t3);
+    let z2 = t1.wrapping_add(t2);
+    let z3 = t0.wrapping_add(t2);
+    let z4 = t1.wrapping_add(t3);
+    let z5 = z3.wrapping_add(z4).wrapping_mul(FIX_1_175875602);
+    t0 = t0.wrapping_mul(FIX_0_298631336);
+    t1 = t1.wrapping_mul(FIX_2_053119869);
+    t2 = t2.wrapping_mul(FIX_3_072711026);
+    t3 = t3.wrapping_mul(FIX_1_501321110);
+    let z1 = z1.wrapping_mul(-FIX_0_899976223);
+    let z2 = z2.wrapping_mul(-FIX_2_562915447);
+    let z3 = z3.wrapping_mul(-FIX_1_961570560).wrapping_add(z5);
+    let z4 = z4.wrapping_mul(-FIX_0_390180644).wrapping_add(z5);
+    t0 = t0.wrapping_add(z1).wrapping_add(z3);
+    t1 = t1.wrapping_add(z2).wrapping_add(z4);
+    t2 = t2.wrapping_add(z2).wrapping_add(z3);
+    t3 = t3.wrapping_add(z1).wrapping_add(z4);
+    [
+        tmp10.wrapping_add(t3),
+        tmp11.wrapping_add(t2),
+        tmp12.wrapping_add(t1),
+        tmp13.wrapping_add(t0),
+        tmp13.wrapping_sub(t0),
+        tmp12.wrapping_sub(t1),
+        tmp11.wrapping_sub(t2),
+        tmp10.wrapping_sub(t3),
+    ]
+}
+
+/// `jpeg_idct_islow`: dequantise `coef` (natural order) with `q` and write
+/// the 8x8 samples at `out` (row stride `stride`).
+fn idct_islow(coef: &[i16; 64], q: &[u16; 64], out: &mut [u8], stride: usize) {
+    // A block with only a DC term is flat; this is what the C code's
+    // zero-column and zero-row shortcuts compute for it.
+    if coef[1..].iter().all(|&c| c == 0) {
+        let dc = i32::from(coef[0])
+            .wrapping_mul(i32::from(q[0]))
+            .wrapping_shl(PASS1_BITS as u32);
+        let v = IDCT_LIMIT[(descale(dc, PASS1_BITS + 3) & 1023) as usize];
+        for row in out.chunks_mut(stride).take(8) {
+            row[..8].fill(v);
+        }
+        return;
+    }
+    let mut ws = [0i32; 64];
+    // Pass 1: columns.
+    for c in 0..8 {
+        let mut col = [0i32; 8];
+        let mut ac = false;
+        for (r, v) in col.iter_mut().enumerate() {
+            let x = coef[r * 8 + c];
+            ac |= r > 0 && x != 0;
+            *v = i32::from(x).wrapping_mul(i32::from(q[r * 8 + c]));
+        }
+        if !ac {
+            let dc = col[0].wrapping_shl(PASS1_BITS as u32);
+            for r in 0..8 {
+                ws[r * 8 + c] = dc;
+            }
+            continue;
+        }
+        let o = idct_1d(col);
+        for r in 0..8 {
+            ws[r * 8 + c] = descale(o[r], CONST_BITS - PASS1_BITS);
+        }
+    }
+    // Pass 2: rows.
+    for (w, row) in ws.chunks_exact(8).zip(out.chunks_mut(stride)) {
+        let w: [i32; 8] = [w[0], w[1], w[2], w[3], w[4], w[5], w[6], w[7]];
+        let row = &mut row[..8];
+        if w[1..].iter().all(|&v| v == 0) {
+            row.fill(IDCT_LIMIT[(descale(w[0], PASS1_BITS + 3) & 1023) as usize]);
+            continue;
+        }
+        let o = idct_1d(w);
+        for (px, v) in row.iter_mut().zip(o) {
+            *px = IDCT_LIMIT[(descale(v, CONST_BITS + PASS1_BITS + 3) & 1023) as usize];
+        }
+    }
+}
+
+// --------------------------------------------------------------- decoder
+
+#[derive(Default, Clone)]
+struct Component {
+    id: u8,
+    h: usize,
+    v: usize,
+    tq: usize,
+    /// Quantisation table latched at the component's first scan (libjpeg).
+    qt: Option<[u16; 64]>,
+    /// Blocks coded in a non-interleaved scan.
+    bw: usize,
+    bh: usize,
+    /// Blocks allocated (whole MCUs).
+    bw_alloc: usize,
+    bh_alloc: usize,
+    /// Samples, `bw_alloc * 8` per row.
+    plane: Vec<u8>,
+    /// Progressive only: coefficients, 64 per block, row-major blocks.
+    coefs: Vec<i16>,
+    dc_pred: i32,
+    dc_table: usize,
+    ac_table: usize,
+}
+
+#[derive(Default)]
+struct Decoder {
+    qt: [Option<[u16; 64]>; 4],
+    dc: [Option<Huffman>; 4],
+    ac: [Option<Huffman>; 4],
+    comps: Vec<Component>,
+    width: usize,
+    height: usize,
+    hmax: usize,
+    vmax: usize,
+    mcus_x: usize,
+    mcus_y: usize,
+    progressive: bool,
+    restart_interval: usize,
+    eobrun: u32,
+    jfif: bool,
+    adobe_transform: Option<u8>,
+    eoi: bool,
+}
+
+fn be16(data: &[u8], at: usize) -> Result<usize> {
+    match data.get(at..at + 2) {
+        Some(b) => Ok(usize::from(b[0]) << 8 | usize::from(b[1])),
+        None => Err("truncated header"),
+    }
+}
+
+impl Decoder {
+    fn run(&mut self, data: &[u8]) -> Result<()> {
+        if data.get(..2) != Some(&[0xFF, 0xD8]) {
+            return Err("no SOI marker");
+        }
+        let mut pos = 2;
+        loop {
+            // Find the next marker (skipping any garbage and fill bytes).
+            while pos < data.len() && data[pos] != 0xFF {
+                pos += 1;
+            }
+            while pos < data.len() && data[pos] == 0xFF {
+                pos += 1;
+            }
+            let Some(&marker) = data.get(pos) else {
+                return Err("no EOI marker");
+            };
+            pos += 1;
+            match marker {
+                0xD8 | 0x01 | 0xD0..=0xD7 => {}
+                0xD9 => {
+                    self.eoi = true;
+                    return Ok(());
+                }
+                0xC0..=0xC2 => {
+                    let len = be16(data, pos)?;
+                    let seg = data.get(pos + 2..pos + len).ok_or("truncated SOF")?;
+                    self.frame(seg, marker == 0xC2)?;
+                    pos += len;
+                }
+                0xC3 | 0xC5..=0xC7 | 0xC9..=0xCB | 0xCD..=0xCF => {
+                    return Err("lossless, hierarchical or arithmetic-coded JPEG")
+                }
+                0xC4 => {
+                    let len = be16(data, pos)?;
+                    let seg = data.get(pos + 2..pos + len).ok_or("truncated DHT")?;
+                    self.huffman_tables(seg)?;
+                    pos += len;
+                }
+                0xDB => {
+                    let len = be16(data, pos)?;
+                    let seg = data.get(pos + 2..pos + len).ok_or("truncated DQT")?;
+                    self.quant_tables(seg)?;
+                    pos += len;
+                }
+                0xDD => {
+                    self.restart_interval = be16(data, pos + 2)?;
+                    pos += be16(data, pos)?;
+                }
+                0xDA => {
+                    let len = be16(data, pos)?;
+                    let seg = data.get(pos + 2..pos + len).ok_or("truncated SOS")?;
+                    pos = self.scan(seg, data, pos + len)?;
+                }
+                0xE0 => {
+                    let len = be16(data, pos)?;
+                    if data.get(pos + 2..pos + 7) == Some(b"JFIF\0") {
+                        self.jfif = true;
+                    }
+                    pos += len;
+                }
+                0xEE => {
+                    let len = be16(data, pos)?;
+                    if len >= 14 && data.get(pos + 2..pos + 7) == Some(b"Adobe") {
+                        self.adobe_transform = data.get(pos + 13).copied();
+                    }
+                    pos += len;
+                }
+                0xDC => return Err("DNL marker"),
+                _ => pos += be16(data, pos)?,
+            }
+        }
+    }
+
+    fn quant_tables(&mut self, mut seg: &[u8]) -> Result<()> {
+        while let Some(&pq_tq) = seg.first() {
+            let (pq, tq) = (pq_tq >> 4, usize::from(pq_tq & 15));
+            if tq > 3 || pq > 1 {
+                return Err("bad DQT");
+            }
+            let n = if pq == 0 { 64 } else { 128 };
+            let vals = seg.get(1..1 + n).ok_or("truncated DQT")?;
+            let mut t = [0u16; 64];
+            for k in 0..64 {
+                t[NATURAL_ORDER[k]] = if pq == 0 {
+                    u16::from(vals[k])
+                } else {
+                    u16::from(vals[2 * k]) << 8 | u16::from(vals[2 * k + 1])
+                };
+            }
+            self.qt[tq] = Some(t);
+            seg = &seg[1 + n..];
+        }
+        Ok(())
+    }
+
+    fn huffman_tables(&mut self, mut seg: &[u8]) -> Result<()> {
+        while let Some(&tc_th) = seg.first() {
+            let (tc, th) = (tc_th >> 4, usize::from(tc_th & 15));
+            if tc > 1 || th > 3 {
+                return Err("bad DHT");
+            }
+            let counts: [u8; 16] = seg
+                .get(1..17)
+                .ok_or("truncated DHT")?
+                .try_into()
+                .map_err(|_| "truncated DHT")?;
+            let total: usize = counts.iter().map(|&c| usize::from(c)).sum();
+            if total > 256 {
+                return Err("bad DHT");
+            }
+            let values = seg.get(17..17 + total).ok_or("truncated DHT")?;
+            if tc == 0 && values.iter().any(|&v| v > 15) {
+                return Err("bad DC Huffman table");
+            }
+            let table = Huffman::new(&counts, values)?;
+            if tc == 0 {
+                self.dc[th] = Some(table);
+            } else {
+                self.ac[th] = Some(table);
+            }
+            seg = &seg[17 + total..];
+        }
+        Ok(())
+    }
+
+    fn frame(&mut self, seg: &[u8], progressive: bool) -> Result<()> {
+        if !self.comps.is_empty() {
+            return Err("second SOF marker");
+        }
+        if seg.len() < 6 || seg[0] != 8 {
+            return Err("not an 8-bit JPEG");
+        }
+        self.progressive = progressive;
+        self.height = be16(seg, 1)?;
+        self.width = be16(seg, 3)?;
+        let n = usize::from(seg[5]);
+        if self.width == 0 || self.height == 0 {
+            return Err("zero-sized frame");
+        }
+        if n != 1 && n != 3 {
+            return Err("not a greyscale or 3-component JPEG");
+        }
+        for i in 0..n {
+            let c = seg.get(6 + 3 * i..9 + 3 * i).ok_or("truncated SOF")?;
+            let (h, v) = (usize::from(c[1] >> 4), usize::from(c[1] & 15));
+            if !(1..=4).contains(&h) || !(1..=4).contains(&v) || c[2] > 3 {
+                return Err("bad sampling factors");
+            }
+            self.comps.push(Component {
+                id: c[0],
+                h,
+                v,
+                tq: usize::from(c[2]),
+                ..Component::default()
+            });
+        }
+        self.hmax = self.comps.iter().map(|c| c.h).max().unwrap_or(1);
+        self.vmax = self.comps.iter().map(|c| c.v).max().unwrap_or(1);
+        if self
+            .comps
+            .iter()
+            .any(|c| !self.hmax.is_multiple_of(c.h) || !self.vmax.is_multiple_of(c.v))
+        {
+            return Err("non-integer sampling ratio");
+        }
+        self.mcus_x = self.width.div_ceil(8 * self.hmax);
+        self.mcus_y = self.height.div_ceil(8 * self.vmax);
+        let (w, h, hmax, vmax) = (self.width, self.height, self.hmax, self.vmax);
+        for c in &mut self.comps {
+            c.bw = (w * c.h).div_ceil(hmax).div_ceil(8);
+            c.bh = (h * c.v).div_ceil(vmax).div_ceil(8);
+            c.bw_alloc = self.mcus_x * c.h;
+            c.bh_alloc = self.mcus_y * c.v;
+            // Never-coded blocks decode to mid-grey, as in libjpeg.
+            c.plane = vec![128u8; c.bw_alloc * 8 * c.bh_alloc * 8];
+            if progressive {
+                c.coefs = vec![0i16; c.bw_alloc * c.bh_alloc * 64];
+            }
+        }
+        Ok(())
+    }
+
+    /// Decodes one scan; returns the position after its entropy-coded data.
+    fn scan(&mut self, seg: &[u8], data: &[u8], start: usize) -> Result<usize> {
+        if self.comps.is_empty() {
+            return Err("SOS before SOF");
+        }
+        let ns = usize::from(*seg.first().ok_or("truncated SOS")?);
+        if ns == 0 || ns > 4 || seg.len() < 4 + 2 * ns {
+            return Err("bad SOS");
+        }
+        let mut members = Vec::with_capacity(ns);
+        for i in 0..ns {
+            let (id, tables) = (seg[1 + 2 * i], seg[2 + 2 * i]);
+            let ci = self
+                .comps
+                .iter()
+                .position(|c| c.id == id)
+                .ok_or("scan names an unknown component")?;
+            let c = &mut self.comps[ci];
+            c.dc_table = usize::from(tables >> 4) & 3;
+            c.ac_table = usize::from(tables & 15) & 3;
+            if c.qt.is_none() {
+                c.qt = Some(self.qt[c.tq].ok_or("missing quantisation table")?);
+            }
+            members.push(ci);
+        }
+        let p = 1 + 2 * ns;
+        let (ss, se, ah, al) = (
+            usize::from(seg[p]),
+            usize::from(seg[p + 1]),
+            u32::from(seg[p + 2] >> 4),
+            u32::from(seg[p + 2] & 15),
+        );
+        if self.progressive {
+            let ok = if ss == 0 {
+                se == 0
+            } else {
+                ss <= se && se <= 63 && ns == 1
+            };
+            if !ok || al > 13 || ah > 13 {
+                return Err("bad progressive scan parameters");
+            }
+        }
+        for &ci in &members {
+            self.comps[ci].dc_pred = 0;
+        }
+        self.eobrun = 0;
+        let mut bits = Bits::new(data, start);
+
+        let single = members.len() == 1;
+        let (mx, my) = if single {
+            let c = &self.comps[members[0]];
+            (c.bw, c.bh)
+        } else {
+            (self.mcus_x, self.mcus_y)
+        };
+        let mut todo = self.restart_interval;
+        let total = mx * my;
+        for m in 0..total {
+            if self.restart_interval > 0 {
+                if todo == 0 {
+                    bits.restart()?;
+                    for &ci in &members {
+                        self.comps[ci].dc_pred = 0;
+                    }
+                    self.eobrun = 0;
+                    todo = self.restart_interval;
+                }
+                todo -= 1;
+            }
+            let (mcu_x, mcu_y) = (m % mx, m / mx);
+            for &ci in &members {
+                let (h, v) = if single {
+                    (1, 1)
+                } else {
+                    (self.comps[ci].h, self.comps[ci].v)
+                };
+                for by in 0..v {
+                    for bx in 0..h {
+                        let (row, col) = (mcu_y * v + by, mcu_x * h + bx);
+                        self.block(&mut bits, ci, row, col, (ss, se, ah, al))?;
+                    }
+                }
+            }
+        }
+        if bits.overran() {
+            return Err("data ends inside a scan");
+        }
+        Ok(bits.pos)
+    }
+
+    fn block(
+        &mut self,
+        bits: &mut Bits<'_>,
+        ci: usize,
+        row: usize,
+        col: usize,
+        (ss, se, ah, al): (usize, usize, u32, u32),
+    ) -> Result<()> {
+        let progressive = self.progressive;
+        let c = &mut self.comps[ci];
+        if row >= c.bh_alloc || col >= c.bw_alloc {
+            return Err("block outside the frame");
+        }
+        let (dc_table, ac_table) = (c.dc_table, c.ac_table);
+        if !progressive {
+            let dc = self.dc[dc_table].as_ref().ok_or("missing DC table")?;
+            let ac = self.ac[ac_table].as_ref().ok_or("missing AC table")?;
+            let mut coef = [0i16; 64];
+            let s = u32::from(bits.decode(dc)?);
+            let diff = extend(bits.bits(s), s);
+            c.dc_pred = c.dc_pred.wrapping_add(diff);
+            coef[0] = c.dc_pred as i16;
+            let mut k = 1;
+            while k < 64 {
+                let rs = bits.decode(ac)?;
+                let (r, s) = (usize::from(rs >> 4), u32::from(rs & 15));
+                if s != 0 {
+                    k += r;
+                    let v = extend(bits.bits(s), s);
+                    coef[NATURAL_ORDER[k]] = v as i16;
+                } else if r == 15 {
+                    k += 15;
+                } else {
+                    break;
+                }
+                k += 1;
+            }
+            let q = c.qt.as_ref().ok_or("missing quantisation table")?;
+            let stride = c.bw_alloc * 8;
+            let at = row * 8 * stride + col * 8;
+            idct_islow(&coef, q, &mut c.plane[at..], stride);
+            return Ok(());
+        }
+
+        let at = (row * c.bw_alloc + col) * 64;
+        let coef = &mut c.coefs[at..at + 64];
+        if ss == 0 {
+            // DC scans.
+            if ah == 0 {
+                let dc = self.dc[dc_table].as_ref().ok_or("missing DC table")?;
+                let s = u32::from(bits.decode(dc)?);
+                let diff = extend(bits.bits(s), s);
+                c.dc_pred = c.dc_pred.wrapping_add(diff);
+                coef[0] = c.dc_pred.wrapping_shl(al) as i16;
+            } else if bits.bit() {
+                coef[0] |= (1i32 << al) as i16;
+            }
+            return Ok(());
+        }
+        let ac = self.ac[ac_table].as_ref().ok_or("missing AC table")?;
+        if ah == 0 {
+            // jdphuff.c decode_mcu_AC_first.
+            if self.eobrun > 0 {
+                self.eobrun -= 1;
+                return Ok(());
+            }
+            let mut k = ss;
+            while k <= se {
+                let rs = bits.decode(ac)?;
+                let (r, s) = (u32::from(rs >> 4), u32::from(rs & 15));
+                if s != 0 {
+                    k += r as usize;
+                    let v = extend(bits.bits(s), s);
+                    coef[NATURAL_ORDER[k]] = v.wrapping_shl(al) as i16;
+                } else if r == 15 {
+                    k += 15;
+                } else {
+                    self.eobrun = 1 << r;
+                    if r != 0 {
+                        self.eobrun += bits.bits(r);
+                    }
+                    self.eobrun -= 1;
+                    break;
+                }
+                k += 1;
+            }
+            return Ok(());
+        }
+        // jdphuff.c decode_mcu_AC_refine.
+        let p1 = (1i32 << al) as i16;
+        let m1 = ((-1i32) << al) as i16;
+        let refine = |bits: &mut Bits<'_>, v: &mut i16| {
+            if bits.bit() && (*v & p1) == 0 {
+                *v = if *v >= 0 {
+                    v.wrapping_add(p1)
+                } else {
+                    v.wrapping_add(m1)
+                };
+            }
+        };
+        let mut k = ss;
+        if self.eobrun == 0 {
+            while k <= se {
+                let rs = bits.decode(ac)?;
+                let mut r = i32::from(rs >> 4);
+                let s = rs & 15;
+                let mut newval = 0i16;
+                if s != 0 {
+                    newval = if bits.bit() { p1 } else { m1 };
+                } else if r != 15 {
+                    self.eobrun = 1 << r;
+                    if r != 0 {
+                        self.eobrun += bits.bits(r as u32);
+                    }
+                    break;
+                }
+                while k <= se {
+                    let z = NATURAL_ORDER[k];
+                    if coef[z] != 0 {
+                        refine(bits, &mut coef[z]);
+                    } else {
+                        r -= 1;
+                        if r < 0 {
+                            break;
+                        }
+                    }
+                    k += 1;
+                }
+                if newval != 0 {
+                    coef[NATURAL_ORDER[k]] = newval;
+                }
+                k += 1;
+            }
+        }
+        if self.eobrun > 0 {
+            while k <= se {
+                let z = NATURAL_ORDER[k];
+                if coef[z] != 0 {
+                    refine(bits, &mut coef[z]);
+                }
+                k += 1;
+            }
+            self.eobrun -= 1;
+        }
+        Ok(())
+    }
+
+    fn finish(mut self) -> Result<DynamicImage> {
+        if !self.eoi {
+            return Err("no EOI marker");
+        }
+        if self.comps.is_empty() {
+            return Err("no frame");
+        }
+        if self.progressive {
+            for c in &mut self.comps {
+                let Some(q) = c.qt else { continue };
+                let stride = c.bw_alloc * 8;
+                for (b, coef) in c.coefs.chunks_exact(64).enumerate() {
+                    let coef: &[i16; 64] = coef.try_into().map_err(|_| "internal")?;
+                    let (row, col) = (b / c.bw_alloc, b % c.bw_alloc);
+                    idct_islow(coef, &q, &mut c.plane[row * 8 * stride + col * 8..], stride);
+                }
+                c.coefs = Vec::new();
+            }
+        }
+        let (w, h) = (self.width, self.height);
+        if self.comps.len() == 1 {
+            let c = &self.comps[0];
+            let stride = c.bw_alloc * 8;
+            let mut out = Vec::with_capacity(w * h);
+            for y in 0..h {
+                out.extend_from_slice(&c.plane[y * stride..y * stride + w]);
+            }
+            return GrayImage::from_raw(w as u32, h as u32, out)
+                .map(DynamicImage::ImageLuma8)
+                .ok_or("internal");
+        }
+        let ycc = self.is_ycc();
+        let ups: Vec<Upsampler<'_>> = self
+            .comps
+            .iter()
+            .map(|c| Upsampler::new(c, w, h, self.hmax, self.vmax))
+            .collect();
+        let mut rows = vec![vec![0u8; 2 * w + 16]; 3];
+        let mut out = vec![0u8; w * h * 3];
+        let t = ColorTables::get();
+        for (y, out_row) in out.chunks_exact_mut(w * 3).enumerate() {
+            for (u, buf) in ups.iter().zip(rows.iter_mut()) {
+                u.row(y, buf);
+            }
+            let (r0, r1, r2) = (&rows[0][..w], &rows[1][..w], &rows[2][..w]);
+            if ycc {
+                for (((px, &yy), &cb), &cr) in out_row.chunks_exact_mut(3).zip(r0).zip(r1).zip(r2) {
+                    let (yy, cb, cr) = (i32::from(yy), usize::from(cb), usize::from(cr));
+                    px[0] = clamp8(yy + t.cr_r[cr]);
+                    px[1] = clamp8(yy + ((t.cb_g[cb] + t.cr_g[cr]) >> 16));
+                    px[2] = clamp8(yy + t.cb_b[cb]);
+                }
+            } else {
+                for (((px, &a), &b), &c) in out_row.chunks_exact_mut(3).zip(r0).zip(r1).zip(r2) {
+                    px.copy_from_slice(&[a, b, c]);
+                }
+            }
+        }
+        RgbImage::from_raw(w as u32, h as u32, out)
+            .map(DynamicImage::ImageRgb8)
+            .ok_or("internal")
+    }
+
+    /// libjpeg's `default_decompress_parms` for three components.
+    fn is_ycc(&self) -> bool {
+        if self.jfif {
+            return true;
+        }
+        if let Some(t) = self.adobe_transform {
+            return t != 0;
+        }
+        let ids: Vec<u8> = self.comps.iter().map(|c| c.id).collect();
+        ids != [b'R', b'G', b'B']
+    }
+}
+
+#[inline(always)]
+fn clamp8(v: i32) -> u8 {
+    v.clamp(0, 255) as u8
+}
+
+/// `jdcolor.c`'s `build_ycc_rgb_table` (SCALEBITS = 16).
+struct ColorTables {
+    cr_r: [i32; 256],
+    cb_b: [i32; 256],
+    cr_g: [i32; 256],
+    cb_g: [i32; 256],
+}
+
+impl ColorTables {
+    fn get() -> &'static ColorTables {
+        static TABLES: std::sync::OnceLock<ColorTables> = std::sync::OnceLock::new();
+        TABLES.get_or_init(|| {
+            const HALF: i32 = 1 << 15;
+            let fix = |x: f64| (x * 65536.0 + 0.5) as i32;
+            let mut t = ColorTables {
+                cr_r: [0; 256],
+                cb_b: [0; 256],
+                cr_g: [0; 256],
+                cb_g: [0; 256],
+            };
+            for i in 0..256 {
+                let x = i as i32 - 128;
+                t.cr_r[i] = (fix(1.40200) * x + HALF) >> 16;
+                t.cb_b[i] = (fix(1.77200) * x + HALF) >> 16;
+                t.cr_g[i] = -fix(0.71414) * x;
+                t.cb_g[i] = -fix(0.34414) * x + HALF;
+            }
+            t
+        })
+    }
+}
+
+/// How one component is brought to full resolution (`jdsample.c`'s
+/// `jinit_upsampler` choices, with fancy upsampling on, as by default).
+enum Method {
+    Full,
+    H2V1Fancy,
+    H1V2Fancy,
+    H2V2Fancy,
+    Replicate(usize, usize),
+}
+
+struct Upsampler<'a> {
+    plane: &'a [u8],
+    stride: usize,
+    /// `downsampled_width` / `downsampled_height` in libjpeg.
+    dw: usize,
+    dh: usize,
+    method: Method,
+}
+
+impl<'a> Upsampler<'a> {
+    fn new(c: &'a Component, w: usize, h: usize, hmax: usize, vmax: usize) -> Self {
+        let dw = (w * c.h).div_ceil(hmax);
+        let dh = (h * c.v).div_ceil(vmax);
+        let method = match (hmax / c.h, vmax / c.v) {
+            (1, 1) => Method::Full,
+            (2, 1) if dw > 2 => Method::H2V1Fancy,
+            (1, 2) => Method::H1V2Fancy,
+            (2, 2) if dw > 2 => Method::H2V2Fancy,
+            (hs, vs) => Method::Replicate(hs, vs),
+        };
+        Self {
+            plane: &c.plane,
+            stride: c.bw_alloc * 8,
+            dw,
+            dh,
+            method,
+        }
+    }
+
+    #[inline]
+    fn input_row(&self, r: usize) -> &[u8] {
+        &self.plane[r * self.stride..(r + 1) * self.stride]
+    }
+
+    /// The context row libjpeg pairs with input row `r` for output phase
+    /// `v` (0: above, 1: below), replicated at the image edges.
+    #[inline]
+    fn far_row(&self, r: usize, v: usize) -> &[u8] {
+        let f = if v == 0 {
+            r.saturating_sub(1)
+        } else {
+            (r + 1).min(self.dh.saturating_sub(1))
+        };
+        self.input_row(f)
+    }
+
+    /// Writes full-resolution output row `y` into `out`, which must hold at
+    /// least `self.out_len()` samples.
+    fn row(&self, y: usize, out: &mut [u8]) {
+        match self.method {
+            Method::Full => {
+                let n = out.len().min(self.stride);
+                out[..n].copy_from_slice(&self.input_row(y)[..n]);
+            }
+            Method::Replicate(hs, vs) => {
+                let inp = self.input_row(y / vs);
+                for (o, &v) in out.chunks_mut(hs).zip(inp) {
+                    o.fill(v);
+                }
+            }
+            Method::H2V1Fancy => h2v1_fancy(&self.input_row(y)[..self.dw], out),
+            Method::H1V2Fancy => {
+                // h1v2_fancy_upsample.
+                let (r, v) = (y / 2, y % 2);
+                let near = self.input_row(r);
+                let far = self.far_row(r, v);
+                let bias = if v == 0 { 1 } else { 2 };
+                for ((o, &a), &b) in out.iter_mut().zip(near).zip(far).take(self.dw) {
+                    *o = ((u16::from(a) * 3 + u16::from(b) + bias) >> 2) as u8;
+                }
+            }
+            Method::H2V2Fancy => {
+                let (r, v) = (y / 2, y % 2);
+                let near = &self.input_row(r)[..self.dw];
+                let far = &self.far_row(r, v)[..self.dw];
+                h2v2_fancy(near, far, out);
+            }
+        }
+    }
+}
+
+/// `h2v1_fancy_upsample` for one row of `inp.len() > 2` samples; `out`
+/// must hold at least `2 * inp.len()` samples.
+fn h2v1_fancy(inp: &[u8], out: &mut [u8]) {
+    let n = inp.len();
+    let out = &mut out[..2 * n];
+    let g = |i: usize| u16::from(inp[i]);
+    out[0] = inp[0];
+    out[1] = ((g(0) * 3 + g(1) + 2) >> 2) as u8;
+    for (o, w) in out[2..2 * n - 2].chunks_exact_mut(2).zip(inp.windows(3)) {
+        let v = u16::from(w[1]) * 3;
+        o[0] = ((v + u16::from(w[0]) + 1) >> 2) as u8;
+        o[1] = ((v + u16::from(w[2]) + 2) >> 2) as u8;
+    }
+    out[2 * n - 2] = ((g(n - 1) * 3 + g(n - 2) + 1) >> 2) as u8;
+    out[2 * n - 1] = inp[n - 1];
+}
+
+/// `h2v2_fancy_upsample` for one output row: `near` is the nearer input
+/// row, `far` the context row (both `> 2` samples); `out` must hold at least
+/// `2 * near.len()` samples.
+fn h2v2_fancy(near: &[u8], far: &[u8], out: &mut [u8]) {
+    let n = near.len();
+    let out = &mut out[..2 * n];
+    let col = |i: usize| u16::from(near[i]) * 3 + u16::from(far[i]);
+    let (c0, c1) = (col(0), col(1));
+    out[0] = ((c0 * 4 + 8) >> 4) as u8;
+    out[1] = ((c0 * 3 + c1 + 7) >> 4) as u8;
+    let (mut last, mut this) = (c0, c1);
+    for (i, o) in out[2..2 * n - 2].chunks_exact_mut(2).enumerate() {
+        let next = u16::from(near[i + 2]) * 3 + u16::from(far[i + 2]);
+        o[0] = ((this * 3 + last + 8) >> 4) as u8;
+        o[1] = ((this * 3 + next + 7) >> 4) as u8;
+        last = this;
+        this = next;
+    }
+    out[2 * n - 2] = ((this * 3 + last + 8) >> 4) as u8;
+    out[2 * n - 1] = ((this * 4 + 7) >> 4) as u8;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn idct_of_dc_only_block_is_flat() {
+        let mut coef = [0i16; 64];
+        coef[0] = 10;
+        let q = [8u16; 64];
+        let mut out = [0u8; 64];
+        idct_islow(&coef, &q, &mut out, 8);
+        // 10 * 8 / 8 = 10 above mid-grey.
+        assert!(out.iter().all(|&v| v == 138), "{out:?}");
+        assert_eq!(IDCT_LIMIT[(-129i32 & 1023) as usize], 0);
+        assert_eq!(IDCT_LIMIT[(-128i32 & 1023) as usize], 0);
+        assert_eq!(IDCT_LIMIT[(127i32 & 1023) as usize], 255);
+        assert_eq!(IDCT_LIMIT[(5i32 & 1023) as usize], 133);
+    }
+
+    #[test]
+    fn color_tables_match_libjpeg() {
+        let t = ColorTables::get();
+        assert_eq!(t.cr_r[255], 178);
+        assert_eq!(t.cr_r[0], -179);
+        assert_eq!(t.cb_b[255], 225);
+        assert_eq!(t.cb_b[0], -227);
+        assert_eq!(t.cr_g[128], 0);
+        assert_eq!(t.cb_g[128], 32768);
+    }
+
+    /// Every variant in tests/data/jpeg decodes exactly as Pillow
+    /// (libjpeg-turbo) decodes it.
+    #[test]
+    fn matches_libjpeg_turbo_exactly() {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/jpeg");
+        let mut n = 0;
+        for entry in std::fs::read_dir(&dir).unwrap() {
+            let path = entry.unwrap().path();
+            if path.extension().and_then(|e| e.to_str()) != Some("jpg") {
+                continue;
+            }
+            let ours = decode(&std::fs::read(&path).unwrap())
+                .unwrap_or_else(|e| panic!("{}: declined: {e}", path.display()))
+                .into_rgb8();
+            let pillow = image::open(path.with_extension("pillow.png"))
+                .unwrap()
+                .into_rgb8();
+            assert_eq!(ours.dimensions(), pillow.dimensions(), "{}", path.display());
+            let diff = ours
+                .as_raw()
+                .iter()
+                .zip(pillow.as_raw())
+                .map(|(a, b)| a.abs_diff(*b))
+                .max()
+                .unwrap_or(0);
+            assert_eq!(diff, 0, "{}", path.display());
+            n += 1;
+        }
+        assert_eq!(n, 11);
+    }
+
+    #[test]
+    fn declines_what_it_does_not_reproduce() {
+        assert!(decode(b"not a jpeg").is_err());
+        assert!(decode(&[0xFF, 0xD8, 0xFF]).is_err());
+    }
+}

@@ -1,0 +1,190 @@
+//! Turning whatever the codec produced (grey, palette-expanded, alpha,
+//! 16-bit, float) into 8-bit RGB, with the configured alpha handling.
+
+use glimpse_config::AlphaMode;
+use image::{DynamicImage, RgbImage};
+
+/// Composites one 8-bit channel value `c` with alpha `a` onto opaque white:
+/// `round((a*c + (255-a)*255) / 255)`.
+///
+/// This is bit-exact with Pillow's
+/// `Image.alpha_composite(Image.new("RGBA", size, "white"), im).convert("RGB")`
+/// (checked over all 65,536 `(a, c)` pairs in the tests), which is what
+/// HF transformers' `convert_to_rgb` does. Ties cannot occur (the numerator
+/// is an integer and the denominator odd), so rounding is unambiguous.
+#[inline(always)]
+pub(crate) fn over_white(c: u8, a: u8) -> u8 {
+    let (c, a) = (u32::from(c), u32::from(a));
+    ((a * c + (255 - a) * 255 + 127) / 255) as u8
+}
+
+/// Converts a decoded image into RGB8, consuming it (RGB8 input is returned
+/// without a copy).
+///
+/// - Grey is replicated into R, G and B; palettes were already expanded by
+///   the codec.
+/// - Alpha: `AlphaMode::Drop` discards it (Pillow's `convert("RGB")`, the
+///   reference); `AlphaMode::White` composites onto white with
+///   [`over_white`].
+/// - 16-bit samples keep their high byte (`v >> 8`), which is what Pillow
+///   does when it opens 16-bit RGB/RGBA PNGs (raw modes `RGB;16B`,
+///   `RGBA;16B`). For 16-bit greyscale Pillow opens mode `I;16`, whose
+///   `convert("RGB")` *clips* values above 255 to white; that corner case is
+///   deliberately not reproduced, the high byte is used there as well.
+/// - Float images go through the `image` crate's conversion (clamped to
+///   [0, 1], scaled to 0..=255).
+pub(crate) fn into_rgb8(image: DynamicImage, alpha: AlphaMode) -> RgbImage {
+    let (w, h) = (image.width(), image.height());
+    match image {
+        DynamicImage::ImageRgb8(rgb) => rgb,
+        DynamicImage::ImageRgba8(rgba) => from_rgba(w, h, rgba.as_raw(), alpha, |v| v),
+        DynamicImage::ImageLuma8(l) => from_luma(w, h, l.as_raw(), |v| v),
+        DynamicImage::ImageLumaA8(la) => from_luma_alpha(w, h, la.as_raw(), alpha, |v| v),
+        DynamicImage::ImageRgb16(rgb) => {
+            let data = rgb.as_raw().iter().map(|&v| high_byte(v)).collect();
+            build(w, h, data)
+        }
+        DynamicImage::ImageRgba16(rgba) => from_rgba(w, h, rgba.as_raw(), alpha, high_byte),
+        DynamicImage::ImageLuma16(l) => from_luma(w, h, l.as_raw(), high_byte),
+        DynamicImage::ImageLumaA16(la) => from_luma_alpha(w, h, la.as_raw(), alpha, high_byte),
+        DynamicImage::ImageRgb32F(_) => image.to_rgb8(),
+        other => {
+            let rgba = other.to_rgba8();
+            from_rgba(w, h, rgba.as_raw(), alpha, |v| v)
+        }
+    }
+}
+
+#[inline(always)]
+fn high_byte(v: u16) -> u8 {
+    (v >> 8) as u8
+}
+
+fn build(w: u32, h: u32, data: Vec<u8>) -> RgbImage {
+    RgbImage::from_raw(w, h, data).expect("buffer length is width * height * 3 by construction")
+}
+
+fn from_rgba<T: Copy>(
+    w: u32,
+    h: u32,
+    src: &[T],
+    alpha: AlphaMode,
+    to8: impl Fn(T) -> u8,
+) -> RgbImage {
+    let mut out = Vec::with_capacity(src.len() / 4 * 3);
+    match alpha {
+        AlphaMode::Drop => {
+            for p in src.chunks_exact(4) {
+                out.extend_from_slice(&[to8(p[0]), to8(p[1]), to8(p[2])]);
+            }
+        }
+        AlphaMode::White => {
+            for p in src.chunks_exact(4) {
+                let a = to8(p[3]);
+                out.extend_from_slice(&[
+                    over_white(to8(p[0]), a),
+                    over_white(to8(p[1]), a),
+                    over_white(to8(p[2]), a),
+                ]);
+            }
+        }
+    }
+    build(w, h, out)
+}
+
+fn from_luma<T: Copy>(w: u32, h: u32, src: &[T], to8: impl Fn(T) -> u8) -> RgbImage {
+    let mut out = Vec::with_capacity(src.len() * 3);
+    for &v in src {
+        let v = to8(v);
+        out.extend_from_slice(&[v, v, v]);
+    }
+    build(w, h, out)
+}
+
+fn from_luma_alpha<T: Copy>(
+    w: u32,
+    h: u32,
+    src: &[T],
+    alpha: AlphaMode,
+    to8: impl Fn(T) -> u8,
+) -> RgbImage {
+    let mut out = Vec::with_capacity(src.len() / 2 * 3);
+    for p in src.chunks_exact(2) {
+        let v = match alpha {
+            AlphaMode::Drop => to8(p[0]),
+            AlphaMode::White => over_white(to8(p[0]), to8(p[1])),
+        };
+        out.extend_from_slice(&[v, v, v]);
+    }
+    build(w, h, out)
+}
+
+/// Whether a decoded image carries an alpha channel.
+pub(crate) fn has_alpha(image: &DynamicImage) -> bool {
+    image.color().has_alpha()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use image::{ImageBuffer, LumaA, Rgba};
+
+    /// Pillow's `alpha_composite` integer arithmetic (AlphaComposite.c,
+    /// PRECISION_BITS = 7) for a source pixel over an opaque white pixel.
+    fn pillow_alpha_composite_over_white(c: u8, a: u8) -> u8 {
+        const PB: u32 = 7;
+        let (c, a) = (u32::from(c), u32::from(a));
+        let blend = 255 * (255 - a);
+        let outa255 = a * 255 + blend;
+        let coef1 = a * 255 * 255 * (1 << PB) / outa255;
+        let coef2 = 255 * (1 << PB) - coef1;
+        let tmp = c * coef1 + 255 * coef2 + (0x80 << PB);
+        let t = ((tmp >> 8) + tmp) >> 8;
+        (t >> PB) as u8
+    }
+
+    #[test]
+    fn over_white_matches_pillow_alpha_composite_everywhere() {
+        for a in 0..=255u8 {
+            for c in 0..=255u8 {
+                assert_eq!(
+                    over_white(c, a),
+                    pillow_alpha_composite_over_white(c, a),
+                    "c={c} a={a}"
+                );
+            }
+        }
+        assert_eq!(over_white(0, 0), 255);
+        assert_eq!(over_white(17, 255), 17);
+    }
+
+    #[test]
+    fn alpha_modes() {
+        let img = ImageBuffer::from_fn(2, 1, |x, _| {
+            if x == 0 {
+                Rgba([10u8, 20, 30, 0])
+            } else {
+                Rgba([10, 20, 30, 255])
+            }
+        });
+        let d = DynamicImage::ImageRgba8(img);
+        let drop = into_rgb8(d.clone(), AlphaMode::Drop);
+        assert_eq!(drop.as_raw(), &[10, 20, 30, 10, 20, 30]);
+        let white = into_rgb8(d, AlphaMode::White);
+        assert_eq!(white.as_raw(), &[255, 255, 255, 10, 20, 30]);
+
+        let la = DynamicImage::ImageLumaA8(ImageBuffer::from_pixel(1, 1, LumaA([0u8, 128])));
+        assert_eq!(into_rgb8(la.clone(), AlphaMode::Drop).as_raw(), &[0, 0, 0]);
+        assert_eq!(into_rgb8(la, AlphaMode::White).as_raw(), &[127, 127, 127]);
+    }
+
+    #[test]
+    fn sixteen_bit_keeps_the_high_byte() {
+        let img = ImageBuffer::from_pixel(1, 1, image::Rgb([0x12ffu16, 0xff00, 0x0080]));
+        let rgb = into_rgb8(DynamicImage::ImageRgb16(img), AlphaMode::Drop);
+        assert_eq!(rgb.as_raw(), &[0x12, 0xff, 0x00]);
+        let img = ImageBuffer::from_pixel(1, 1, image::Luma([0xabcdu16]));
+        let rgb = into_rgb8(DynamicImage::ImageLuma16(img), AlphaMode::White);
+        assert_eq!(rgb.as_raw(), &[0xab, 0xab, 0xab]);
+    }
+}
