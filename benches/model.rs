@@ -1,0 +1,106 @@
+//! Model speed on the CPU: image embeddings/s at batch 1, 8 and 32 and
+//! single text-query latency, for a random-weight ViT-B/32 built with the
+//! real shapes (pretrained weights cannot be downloaded here; speed does not
+//! depend on the values). Prints one JSON report.
+//!
+//! `cargo bench --bench model` (add `-- --quick` for fewer repetitions).
+
+use std::collections::HashMap;
+use std::time::Instant;
+
+use candle_core::{DType, Device, Tensor};
+use candle_nn::VarBuilder;
+use glimpse_clip::{ClipConfig, ClipModel};
+use glimpse_tokenizer::Tokenizer;
+
+fn random_model(cfg: &ClipConfig) -> ClipModel {
+    let dev = Device::Cpu;
+    let tensors: HashMap<String, Tensor> = cfg
+        .expected_tensors()
+        .into_iter()
+        .map(|(name, shape)| {
+            let t = if name.contains("norm") && name.ends_with("weight") {
+                Tensor::ones(shape, DType::F32, &dev)
+            } else if shape.is_empty() {
+                Tensor::new(4.6052f32, &dev)
+            } else {
+                Tensor::randn(0f32, 0.02, shape, &dev)
+            };
+            (name, t.unwrap())
+        })
+        .collect();
+    ClipModel::new(cfg, VarBuilder::from_tensors(tensors, DType::F32, &dev)).unwrap()
+}
+
+fn median(xs: &mut [f64]) -> f64 {
+    xs.sort_by(f64::total_cmp);
+    xs[xs.len() / 2]
+}
+
+fn percentile(xs: &mut [f64], p: f64) -> f64 {
+    xs.sort_by(f64::total_cmp);
+    xs[((xs.len() as f64 - 1.0) * p).round() as usize]
+}
+
+fn main() {
+    let quick = std::env::args().any(|a| a == "--quick");
+    let cfg = ClipConfig::vit_b_32();
+    let model = random_model(&cfg);
+    let s = cfg.vision_config.image_size;
+    let mut images = serde_json::Map::new();
+    for batch in [1usize, 8, 32] {
+        let pixels = Tensor::randn(0f32, 1.0, (batch, 3, s, s), &Device::Cpu).unwrap();
+        model.image_features(&pixels).unwrap(); // warm-up
+        let reps = if quick { 2 } else { (64 / batch).clamp(3, 16) };
+        let mut rates: Vec<f64> = (0..reps)
+            .map(|_| {
+                let t = Instant::now();
+                model.image_features(&pixels).unwrap();
+                batch as f64 / t.elapsed().as_secs_f64()
+            })
+            .collect();
+        images.insert(
+            format!("batch_{batch}"),
+            serde_json::json!(median(&mut rates)),
+        );
+    }
+
+    let tokenizer = Tokenizer::clip();
+    let query = "a dog running on the beach";
+    let ids = tokenizer.tokenize_unpadded(query, 77).unwrap();
+    let runs = if quick { 20 } else { 200 };
+    let mut lat = Vec::with_capacity(runs);
+    let mut lat_encode_only = Vec::with_capacity(runs);
+    for _ in 0..5 {
+        model.text_features(std::slice::from_ref(&ids)).unwrap();
+    }
+    for _ in 0..runs {
+        let t = Instant::now();
+        let ids = tokenizer.tokenize_unpadded(query, 77).unwrap();
+        let t2 = Instant::now();
+        model.text_features(&[ids]).unwrap();
+        lat_encode_only.push(t2.elapsed().as_secs_f64() * 1e3);
+        lat.push(t.elapsed().as_secs_f64() * 1e3);
+    }
+    // The full 77-token sequence, for comparison with encoders that do not stop at EOT.
+    let mut padded = ids.clone();
+    padded.resize(77, 0);
+    let mut lat77: Vec<f64> = (0..runs / 4)
+        .map(|_| {
+            let t = Instant::now();
+            model.text_features(&[padded.clone()]).unwrap();
+            t.elapsed().as_secs_f64() * 1e3
+        })
+        .collect();
+    let report = serde_json::json!({
+        "model": "random-weight ViT-B/32 (openai/clip-vit-base-patch32 shapes)",
+        "precision": "fp32",
+        "threads": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1),
+        "image_embeddings_per_s": images,
+        "query": {"text": query, "tokens": ids.len(),
+                  "latency_ms_p50": median(&mut lat), "latency_ms_p99": percentile(&mut lat, 0.99),
+                  "encode_only_ms_p50": median(&mut lat_encode_only),
+                  "full_77_tokens_ms_p50": median(&mut lat77)},
+    });
+    println!("{}", serde_json::to_string_pretty(&report).unwrap());
+}

@@ -1,0 +1,31 @@
+//! One module per subcommand.
+
+pub mod classify;
+pub mod embed;
+pub mod tokenize;
+
+use std::path::Path;
+
+use anyhow::Context;
+use glimpse_clip::Clip;
+use glimpse_config::{AlphaMode, ModelSpec};
+
+/// Loads the model a command names, with the alpha mode the user chose.
+pub fn load_model(
+    spec: &ModelSpec,
+    alpha: AlphaMode,
+) -> anyhow::Result<(Clip, glimpse_config::PreprocessConfig)> {
+    let clip = Clip::load(spec).with_context(|| format!("loading model '{}'", spec.name))?;
+    let mut pre = clip.preprocess().clone();
+    pre.alpha = alpha;
+    Ok((clip, pre))
+}
+
+/// Decodes and preprocesses one image file for the model.
+pub fn image_pixels(
+    path: &Path,
+    pre: &glimpse_config::PreprocessConfig,
+) -> anyhow::Result<Vec<f32>> {
+    let img = glimpse_decoder::decode_path(path, pre)?;
+    Ok(glimpse_decoder::to_pixels(&img.rgb, pre))
+}

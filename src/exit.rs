@@ -1,0 +1,41 @@
+//! Exit codes and one-line error messages.
+
+use glimpse_clip::ClipError;
+use glimpse_decoder::DecodeError;
+use glimpse_tokenizer::TokenizerError;
+
+/// Shown under `--help`.
+pub const EXIT_CODES_HELP: &str =
+    "Exit codes: 0 success; 1 internal error (a bug: please report it); \
+2 bad command line; 3 bad input (a file, image or text that cannot be used); \
+4 model unavailable (not found, bad weights, download failed).";
+
+/// A failure caused by what the user gave, not by Glimpse.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct InputError(pub String);
+
+/// The exit code for an error, by its root cause.
+pub fn code_for(e: &anyhow::Error) -> u8 {
+    for cause in e.chain() {
+        if cause.downcast_ref::<InputError>().is_some()
+            || cause.downcast_ref::<DecodeError>().is_some()
+            || cause.downcast_ref::<TokenizerError>().is_some()
+        {
+            return 3;
+        }
+        if let Some(c) = cause.downcast_ref::<ClipError>() {
+            return match c {
+                ClipError::BadInput(_) | ClipError::Tokenizer(_) => 3,
+                ClipError::Tensor(_) => 1,
+                _ => 4,
+            };
+        }
+    }
+    1
+}
+
+/// The error and its causes on one line.
+pub fn one_line(e: &anyhow::Error) -> String {
+    format!("{e:#}").replace('\n', " ")
+}
