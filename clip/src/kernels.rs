@@ -22,7 +22,8 @@ pub fn fused_activation(x: &Tensor, act: Activation) -> Result<Tensor> {
 
 /// `x · wᵀ` for `x` `[m, k]` with few rows and `w` `[n, k]`, both f32.
 pub fn small_matmul_t(x: &Tensor, w: &Tensor) -> Result<Tensor> {
-    x.contiguous()?.apply_op2_no_bwd(&w.contiguous()?, &SmallMatmulT)
+    x.contiguous()?
+        .apply_op2_no_bwd(&w.contiguous()?, &SmallMatmulT)
 }
 
 struct ActOp(Activation);
@@ -191,7 +192,8 @@ fn exp(x: f32) -> f32 {
         + r * (1.0
             + r * (0.5
                 + r * (1.0 / 6.0
-                    + r * (1.0 / 24.0 + r * (1.0 / 120.0 + r * (1.0 / 720.0 + r * (1.0 / 5040.0)))))));
+                    + r * (1.0 / 24.0
+                        + r * (1.0 / 120.0 + r * (1.0 / 720.0 + r * (1.0 / 5040.0)))))));
     p * f32::from_bits(((n as i32 + 127) as u32) << 23)
 }
 
@@ -201,7 +203,8 @@ fn erf(x: f32) -> f32 {
     let a = x.abs();
     let t = 1.0 / (1.0 + 0.327_591_1 * a);
     let poly = t
-        * (0.254_829_6 + t * (-0.284_496_74 + t * (1.421_413_7 + t * (-1.453_152_1 + t * 1.061_405_4))));
+        * (0.254_829_6
+            + t * (-0.284_496_74 + t * (1.421_413_7 + t * (-1.453_152_1 + t * 1.061_405_4))));
     let y = 1.0 - poly * exp(-a * a);
     y.copysign(x)
 }
@@ -220,8 +223,18 @@ mod tests {
             assert!(((e - r) / r).abs() < 3e-7, "exp({x}) = {e}, want {r}");
         }
         // erf reference values (Python math.erf).
-        for (x, want) in [(0.0f32, 0.0f32), (0.5, 0.520_499_9), (1.0, 0.842_700_8), (-2.0, -0.995_322_3), (3.5, 0.999_999_26)] {
-            assert!((erf(x) - want).abs() < 3e-7, "erf({x}) = {}, want {want}", erf(x));
+        for (x, want) in [
+            (0.0f32, 0.0f32),
+            (0.5, 0.520_499_9),
+            (1.0, 0.842_700_8),
+            (-2.0, -0.995_322_3),
+            (3.5, 0.999_999_3),
+        ] {
+            assert!(
+                (erf(x) - want).abs() < 3e-7,
+                "erf({x}) = {}, want {want}",
+                erf(x)
+            );
         }
     }
 
@@ -229,13 +242,23 @@ mod tests {
     fn fused_activations_match_candle() {
         let x = Tensor::randn(0f32, 3.0, (7, 301), &Device::Cpu).unwrap();
         let pairs = [
-            (Activation::QuickGelu, (&x * candle_nn::ops::sigmoid(&(&x * 1.702).unwrap()).unwrap()).unwrap()),
+            (
+                Activation::QuickGelu,
+                (&x * candle_nn::ops::sigmoid(&(&x * 1.702).unwrap()).unwrap()).unwrap(),
+            ),
             (Activation::Gelu, x.gelu_erf().unwrap()),
             (Activation::GeluTanh, x.gelu().unwrap()),
         ];
         for (act, want) in pairs {
             let got = fused_activation(&x, act).unwrap();
-            let d = (got - want).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
+            let d = (got - want)
+                .unwrap()
+                .abs()
+                .unwrap()
+                .max_all()
+                .unwrap()
+                .to_scalar::<f32>()
+                .unwrap();
             assert!(d < 2e-6, "{act:?}: {d}");
         }
     }
@@ -247,7 +270,14 @@ mod tests {
             let w = Tensor::randn(0f32, 1.0, (n, k), &Device::Cpu).unwrap();
             let got = small_matmul_t(&x, &w).unwrap();
             let want = x.matmul(&w.t().unwrap()).unwrap();
-            let d = (got - want).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
+            let d = (got - want)
+                .unwrap()
+                .abs()
+                .unwrap()
+                .max_all()
+                .unwrap()
+                .to_scalar::<f32>()
+                .unwrap();
             assert!(d < 1e-4, "{m}x{k}x{n}: {d}");
         }
     }

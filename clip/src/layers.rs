@@ -108,7 +108,8 @@ impl Module for Linear {
         let in_dim = dims[dims.len() - 1];
         let rows = x.elem_count() / in_dim.max(1);
         let x2 = x.reshape((rows, in_dim))?;
-        let fast = rows <= SMALL_M && !x.track_op() && !self.weight.track_op() && x.dtype() == DType::F32;
+        let fast =
+            rows <= SMALL_M && !x.track_op() && !self.weight.track_op() && x.dtype() == DType::F32;
         let y = if fast {
             small_matmul_t(&x2, &self.weight)?
         } else {
