@@ -42,13 +42,43 @@ fn percentile(xs: &mut [f64], p: f64) -> f64 {
     xs[((xs.len() as f64 - 1.0) * p).round() as usize]
 }
 
+/// GFLOP/s of one large f32 matmul (a ViT-B/32 MLP layer at batch 32) on
+/// this machine, measured in the same run: the baseline that makes the
+/// model's numbers comparable across noisy or different machines.
+fn matmul_gflops() -> f64 {
+    let x = Tensor::randn(0f32, 1.0, (1600, 768), &Device::Cpu).unwrap();
+    let w = Tensor::randn(0f32, 1.0, (768, 3072), &Device::Cpu).unwrap();
+    x.matmul(&w).unwrap();
+    let mut rates: Vec<f64> = (0..7)
+        .map(|_| {
+            let t = Instant::now();
+            x.matmul(&w).unwrap();
+            2.0 * 1600.0 * 768.0 * 3072.0 / t.elapsed().as_secs_f64() / 1e9
+        })
+        .collect();
+    median(&mut rates)
+}
+
+/// Multiply-adds ×2 of one ViT-B/32 image embedding (the linear layers and attention).
+const VIT_B_32_GFLOP: f64 = 8.8;
+
 fn main() {
     let quick = std::env::args().any(|a| a == "--quick");
+    let gflops = matmul_gflops();
     let cfg = ClipConfig::vit_b_32();
     let model = random_model(&cfg);
     let s = cfg.vision_config.image_size;
+    let query_only = std::env::args().any(|a| a == "--query-only");
     let mut images = serde_json::Map::new();
-    for batch in [1usize, 8, 32] {
+    let images_only = std::env::args().any(|a| a == "--images-only");
+    let batches: &[usize] = if query_only {
+        &[]
+    } else if images_only {
+        &[32]
+    } else {
+        &[1, 8, 32]
+    };
+    for &batch in batches {
         let pixels = Tensor::randn(0f32, 1.0, (batch, 3, s, s), &Device::Cpu).unwrap();
         model.image_features(&pixels).unwrap(); // warm-up
         let reps = if quick { 2 } else { (64 / batch).clamp(3, 16) };
@@ -65,6 +95,25 @@ fn main() {
         );
     }
 
+    let b32 = images
+        .get("batch_32")
+        .and_then(|v| v.as_f64())
+        .unwrap_or(0.0);
+    let baseline = serde_json::json!({
+        "matmul_gflops": gflops,
+        "batch_32_model_gflops": b32 * VIT_B_32_GFLOP,
+        "batch_32_fraction_of_matmul_rate": b32 * VIT_B_32_GFLOP / gflops,
+    });
+    if images_only {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(
+                &serde_json::json!({"image_embeddings_per_s": images, "baseline": baseline})
+            )
+            .unwrap()
+        );
+        return;
+    }
     let tokenizer = Tokenizer::clip();
     let query = "a dog running on the beach";
     let ids = tokenizer.tokenize_unpadded(query, 77).unwrap();
@@ -97,6 +146,7 @@ fn main() {
         "precision": "fp32",
         "threads": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1),
         "image_embeddings_per_s": images,
+        "baseline": baseline,
         "query": {"text": query, "tokens": ids.len(),
                   "latency_ms_p50": median(&mut lat), "latency_ms_p99": percentile(&mut lat, 0.99),
                   "encode_only_ms_p50": median(&mut lat_encode_only),
