@@ -35,9 +35,28 @@ struct ModelArgs {
     /// Transparent images: composite onto white (default) or drop alpha like the reference.
     #[arg(long, default_value = "white")]
     alpha: AlphaMode,
+    /// Refuse images with more pixels than this (decompression-bomb guard; Pillow's limit by default).
+    #[arg(long, default_value_t = glimpse_config::PILLOW_MAX_PIXELS)]
+    max_pixels: u64,
+}
+
+/// How the user wants images read, applied on top of the model's recipe.
+#[derive(Debug, Clone, Copy)]
+pub struct ImageOptions {
+    /// Alpha handling.
+    pub alpha: AlphaMode,
+    /// Pixel limit.
+    pub max_pixels: u64,
 }
 
 impl ModelArgs {
+    fn image_options(&self) -> ImageOptions {
+        ImageOptions {
+            alpha: self.alpha,
+            max_pixels: self.max_pixels,
+        }
+    }
+
     fn spec(&self) -> ModelSpec {
         ModelSpec {
             name: self.model.clone(),
@@ -120,7 +139,7 @@ fn run(cli: Cli, sub: &ArgMatches) -> anyhow::Result<()> {
             raw,
         } => {
             let order = cmd::embed::input_order(sub, &text, &image)?;
-            cmd::embed::run(&model.spec(), model.alpha, order, raw)
+            cmd::embed::run(&model.spec(), &model.image_options(), order, raw)
         }
         Command::Classify {
             model,
@@ -131,7 +150,7 @@ fn run(cli: Cli, sub: &ArgMatches) -> anyhow::Result<()> {
             images,
         } => cmd::classify::run(
             &model.spec(),
-            model.alpha,
+            &model.image_options(),
             &labels,
             &template,
             top,

@@ -139,15 +139,18 @@ impl Module for Activation {
     }
 }
 
+/// The q, k and v projections: separate while trainable (their tensors are
+/// the variables), fused into one matmul for inference (detached weights).
+#[derive(Clone, Debug)]
+enum Qkv {
+    Separate(Linear, Linear, Linear),
+    Fused(Linear),
+}
+
 /// Multi-head self-attention (`self_attn.{q,k,v,out}_proj`).
 #[derive(Clone, Debug)]
 pub struct Attention {
-    q_proj: Linear,
-    k_proj: Linear,
-    v_proj: Linear,
-    /// q, k and v fused into one matmul for inference (detached weights only:
-    /// trainable weights change under it, so they are concatenated per call).
-    qkv_fused: Option<Linear>,
+    qkv: Qkv,
     out_proj: Linear,
     heads: usize,
     head_dim: usize,
@@ -163,16 +166,15 @@ impl Attention {
         let trainable = [&q_proj, &k_proj, &v_proj]
             .iter()
             .any(|l| l.weight.is_variable() || l.bias.as_ref().is_some_and(|b| b.is_variable()));
-        let qkv_fused = if trainable {
-            None
+        // Fusing copies the weights; the separate ones are then dropped, so
+        // inference holds each weight once.
+        let qkv = if trainable {
+            Qkv::Separate(q_proj, k_proj, v_proj)
         } else {
-            Some(fuse(&q_proj, &k_proj, &v_proj)?)
+            Qkv::Fused(fuse(&q_proj, &k_proj, &v_proj)?)
         };
         Ok(Self {
-            q_proj,
-            k_proj,
-            v_proj,
-            qkv_fused,
+            qkv,
             out_proj,
             heads,
             head_dim: dim / heads,
@@ -180,12 +182,12 @@ impl Attention {
     }
 
     /// Attention over `x` `[batch, seq, dim]`; `mask` (added to the scores,
-    /// `[seq, seq]`) makes it causal.
+    /// `[seq, seq]` or `[batch, 1, seq, seq]`) makes it causal.
     pub fn forward(&self, x: &Tensor, mask: Option<&Tensor>) -> Result<Tensor> {
         let (b, n, d) = x.dims3()?;
-        let qkv = match &self.qkv_fused {
-            Some(l) => l.forward(x)?,
-            None => fuse(&self.q_proj, &self.k_proj, &self.v_proj)?.forward(x)?,
+        let qkv = match &self.qkv {
+            Qkv::Fused(l) => l.forward(x)?,
+            Qkv::Separate(q, k, v) => fuse(q, k, v)?.forward(x)?,
         };
         // [b, n, 3, heads, head_dim] -> [3, b, heads, n, head_dim]
         let qkv = qkv

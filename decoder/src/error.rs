@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 #[non_exhaustive]
 pub enum DecodeError {
     /// The path does not exist.
-    #[error("image file not found: {}", .path.display())]
+    #[error("image file not found: {}; check the path", .path.display())]
     NotFound {
         /// The path asked for.
         path: PathBuf,
@@ -67,7 +67,7 @@ pub enum DecodeError {
     },
     /// The header announces more pixels than `PreprocessConfig::max_pixels`
     /// allows: refused before decoding, as a possible decompression bomb.
-    #[error("{}: image is {width}x{height} = {} pixels, more than the limit of {limit} (refused as a possible decompression bomb); raise `max_pixels` in the preprocessing config to accept it", Origin(.path), u64::from(*.width) * u64::from(*.height))]
+    #[error("{}: image is {width}x{height} = {} pixels, more than the limit of {limit} (refused as a possible decompression bomb); raise the pixel limit (`--max-pixels`) to accept it", Origin(.path), u64::from(*.width) * u64::from(*.height))]
     TooManyPixels {
         /// The file, when decoding a path.
         path: Option<PathBuf>,

@@ -5,7 +5,7 @@ use std::path::PathBuf;
 
 use anyhow::Context;
 use glimpse_clip::Clip;
-use glimpse_config::{AlphaMode, ModelSpec};
+use glimpse_config::ModelSpec;
 
 use super::{image_pixels, load_model};
 use crate::exit::InputError;
@@ -78,7 +78,7 @@ pub fn probabilities(image: &[f32], classes: &[Vec<f32>], scale: f32) -> Vec<f32
 #[allow(clippy::too_many_arguments)]
 pub fn run(
     spec: &ModelSpec,
-    alpha: AlphaMode,
+    opts: &crate::ImageOptions,
     labels: &[String],
     templates: &[String],
     top: usize,
@@ -94,7 +94,7 @@ pub fn run(
     if let Some(t) = templates.iter().find(|t| !t.contains("{}")) {
         return Err(InputError(format!("template '{t}' has no {{}} where the label goes")).into());
     }
-    let (clip, pre) = load_model(spec, alpha)?;
+    let (clip, pre) = load_model(spec, opts)?;
     let classes = class_embeddings(&clip, &labels, &templates)?;
     let scale = clip
         .model()

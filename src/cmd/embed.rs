@@ -6,7 +6,7 @@ use std::path::PathBuf;
 
 use anyhow::Context;
 use clap::ArgMatches;
-use glimpse_config::{AlphaMode, ModelSpec};
+use glimpse_config::ModelSpec;
 
 use super::{image_pixels, load_model};
 use crate::exit::InputError;
@@ -59,13 +59,13 @@ pub fn input_order(
 /// Embeds every input and prints one JSON line each.
 pub fn run(
     spec: &ModelSpec,
-    alpha: AlphaMode,
+    opts: &crate::ImageOptions,
     inputs: Vec<Input>,
     raw: bool,
 ) -> anyhow::Result<()> {
     // The model's recipe decides the pixels, so it loads first; then every
     // image is decoded before anything is printed.
-    let (clip, pre) = load_model(spec, alpha)?;
+    let (clip, pre) = load_model(spec, opts)?;
     let mut pixels = Vec::new();
     for input in &inputs {
         if let Input::Image(p) = input {

@@ -8,16 +8,20 @@ use std::path::Path;
 
 use anyhow::Context;
 use glimpse_clip::Clip;
-use glimpse_config::{AlphaMode, ModelSpec};
+use glimpse_config::ModelSpec;
 
-/// Loads the model a command names, with the alpha mode the user chose.
+use crate::ImageOptions;
+
+/// Loads the model a command names; returns it with its preprocessing
+/// recipe, the user's image options applied.
 pub fn load_model(
     spec: &ModelSpec,
-    alpha: AlphaMode,
+    opts: &ImageOptions,
 ) -> anyhow::Result<(Clip, glimpse_config::PreprocessConfig)> {
     let clip = Clip::load(spec).with_context(|| format!("loading model '{}'", spec.name))?;
     let mut pre = clip.preprocess().clone();
-    pre.alpha = alpha;
+    pre.alpha = opts.alpha;
+    pre.max_pixels = opts.max_pixels;
     Ok((clip, pre))
 }
 

@@ -293,6 +293,18 @@ fn bad_inputs_fail_with_one_line_and_the_right_code() {
         String::from_utf8_lossy(&out.stderr)
     );
     assert_fails(&embed(&[]), 3, &["nothing to embed"]);
+    let big = tiny_model().join("images/img0_gradient_320x240.png");
+    let out = embed(&[
+        "--max-pixels".as_ref(),
+        "1000".as_ref(),
+        "--image".as_ref(),
+        big.as_os_str(),
+    ]);
+    assert_fails(
+        &out,
+        3,
+        &["img0_gradient_320x240.png", "320x240", "--max-pixels"],
+    );
     #[cfg(unix)]
     {
         use std::os::unix::ffi::OsStrExt;
