@@ -136,7 +136,7 @@ mod tests {
         assert!(msg.contains("/photos/bomb.png"), "{msg}");
         assert!(msg.contains("100000x100000"), "{msg}");
         assert!(msg.contains("10000000000 pixels"), "{msg}");
-        assert!(msg.contains("max_pixels"), "{msg}");
+        assert!(msg.contains("--max-pixels"), "{msg}");
         assert_eq!(e.path(), Some(Path::new("/photos/bomb.png")));
 
         let e = DecodeError::Corrupt {
