@@ -1,0 +1,198 @@
+//! Small JPEG previews, made from the photo already decoded for embedding.
+
+use fast_image_resize::images::{Image, ImageRef};
+use fast_image_resize::{FilterType, PixelType, ResizeAlg, ResizeOptions, Resizer};
+use glimpse_decoder::RgbImage;
+use image::codecs::jpeg::JpegEncoder;
+use image::ExtendedColorType;
+
+use crate::error::IndexError;
+
+/// The default longest side of a thumbnail, in pixels.
+pub const DEFAULT_THUMBNAIL_SIDE: u32 = 256;
+
+/// JPEG quality of thumbnails (1–100).
+pub const THUMBNAIL_QUALITY: u8 = 80;
+
+/// The size of a thumbnail of a `width` × `height` image whose longer side
+/// is at most `max_side`: the aspect ratio kept (rounded to whole pixels, at
+/// least 1), never enlarged.
+pub fn thumbnail_size(width: u32, height: u32, max_side: u32) -> (u32, u32) {
+    let long = width.max(height);
+    if long <= max_side {
+        return (width, height);
+    }
+    let scale = |side: u32| -> u32 {
+        let scaled =
+            (u64::from(side) * u64::from(max_side) + u64::from(long) / 2) / u64::from(long);
+        u32::try_from(scaled).unwrap_or(max_side).clamp(1, max_side)
+    };
+    (scale(width), scale(height))
+}
+
+/// Encodes a thumbnail of `image` — pass the upright pixels of a
+/// `glimpse_decoder::DecodedImage` (`&decoded.rgb`), so that a photo is
+/// decoded once for both its embedding and its thumbnail.
+///
+/// The image is scaled down so that its longer side is at most `max_side`
+/// ([`DEFAULT_THUMBNAIL_SIDE`] is 256), never up, with a Lanczos3 filter
+/// (`fast_image_resize`, SIMD), and encoded as a baseline JPEG at quality
+/// [`THUMBNAIL_QUALITY`]. JPEG rather than WebP because the `image` crate
+/// only writes lossless WebP, about ten times larger for photos, and every
+/// browser shows JPEG. Thumbnails are opaque: the decoder has already
+/// composited any alpha.
+///
+/// Fails with [`IndexError::BadThumbnailSize`] for `max_side == 0`; the
+/// other errors are internal.
+pub fn make_thumbnail(image: &RgbImage, max_side: u32) -> Result<Vec<u8>, IndexError> {
+    if max_side == 0 {
+        return Err(IndexError::BadThumbnailSize);
+    }
+    let (width, height) = image.dimensions();
+    if width == 0 || height == 0 {
+        return Err(IndexError::internal(
+            "making a thumbnail",
+            format!("the decoded image is {width}x{height}"),
+        ));
+    }
+    let (thumb_width, thumb_height) = thumbnail_size(width, height, max_side);
+    let resized;
+    let pixels: &[u8] = if (thumb_width, thumb_height) == (width, height) {
+        image.as_raw()
+    } else {
+        let src = ImageRef::new(width, height, image.as_raw(), PixelType::U8x3)
+            .map_err(|e| IndexError::internal("making a thumbnail", e))?;
+        let mut dst = Image::new(thumb_width, thumb_height, PixelType::U8x3);
+        let options = ResizeOptions::new().resize_alg(ResizeAlg::Convolution(FilterType::Lanczos3));
+        Resizer::new()
+            .resize(&src, &mut dst, &options)
+            .map_err(|e| IndexError::internal("resizing a thumbnail", e))?;
+        resized = dst.into_vec();
+        &resized
+    };
+    let mut jpeg = Vec::new();
+    JpegEncoder::new_with_quality(&mut jpeg, THUMBNAIL_QUALITY)
+        .encode(pixels, thumb_width, thumb_height, ExtendedColorType::Rgb8)
+        .map_err(|e| IndexError::internal("encoding a thumbnail", e))?;
+    Ok(jpeg)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use glimpse_config::PreprocessConfig;
+    use glimpse_decoder::{decode_bytes, decode_path};
+    use std::path::{Path, PathBuf};
+
+    fn fixture(name: &str) -> PathBuf {
+        Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../tests/fixtures")
+            .join(name)
+    }
+
+    fn decode_jpeg(bytes: &[u8]) -> RgbImage {
+        let decoded = decode_bytes(bytes, &PreprocessConfig::openai(224)).expect("a valid JPEG");
+        assert_eq!(decoded.format, glimpse_decoder::ImageFormat::Jpeg);
+        decoded.rgb
+    }
+
+    /// Mean absolute difference per channel between `a` and `b` (same size).
+    fn mean_abs_diff(a: &RgbImage, b: &RgbImage) -> f64 {
+        assert_eq!(a.dimensions(), b.dimensions());
+        let sum: u64 = a
+            .as_raw()
+            .iter()
+            .zip(b.as_raw())
+            .map(|(x, y)| u64::from(x.abs_diff(*y)))
+            .sum();
+        sum as f64 / a.as_raw().len() as f64
+    }
+
+    #[test]
+    fn sizes_keep_the_aspect_and_never_enlarge() {
+        assert_eq!(thumbnail_size(400, 300, 256), (256, 192));
+        assert_eq!(thumbnail_size(91, 150, 256), (91, 150));
+        assert_eq!(thumbnail_size(256, 10, 256), (256, 10));
+        assert_eq!(thumbnail_size(6000, 4000, 256), (256, 171)); // 170.67
+        assert_eq!(thumbnail_size(10_000, 3, 256), (256, 1)); // 0.08 -> at least 1
+        assert_eq!(thumbnail_size(301, 187, 100), (100, 62)); // 62.1
+        assert_eq!(thumbnail_size(u32::MAX, u32::MAX, 256), (256, 256));
+    }
+
+    #[test]
+    fn rotated_photo_gives_an_upright_downscaled_jpeg() {
+        // exiv2-nikon-d70.jpg is stored 150x91 with orientation 6
+        // (exiftool), so the upright image is 91x150.
+        let decoded = decode_path(
+            fixture("photos/exiv2-nikon-d70.jpg"),
+            &PreprocessConfig::openai(224),
+        )
+        .expect("decodes");
+        assert_eq!(decoded.rgb.dimensions(), (91, 150));
+        let jpeg = make_thumbnail(&decoded.rgb, 64).expect("thumbnail");
+        let thumb = decode_jpeg(&jpeg);
+        assert_eq!(thumb.dimensions(), (39, 64)); // 91 * 64 / 150 = 38.8
+
+        // The thumbnail looks like the photo: compare with the photo
+        // downscaled by an independent filter (the image crate's
+        // Catmull-Rom), allowing for JPEG loss.
+        let reference = image::imageops::resize(
+            &decoded.rgb,
+            39,
+            64,
+            image::imageops::FilterType::CatmullRom,
+        );
+        let diff = mean_abs_diff(&thumb, &reference);
+        assert!(diff < 6.0, "mean abs diff {diff}");
+    }
+
+    #[test]
+    fn small_images_are_not_enlarged_and_default_size_is_256() {
+        let decoded = decode_path(
+            fixture("clip-tiny-hf/images/img7_photo_301x187.jpg"),
+            &PreprocessConfig::openai(224),
+        )
+        .expect("decodes");
+        let thumb =
+            decode_jpeg(&make_thumbnail(&decoded.rgb, DEFAULT_THUMBNAIL_SIDE).expect("thumb"));
+        assert_eq!(thumb.dimensions(), (256, 159)); // 187 * 256 / 301 = 159.04
+
+        let small = decode_path(
+            fixture("clip-tiny-hf/images/img5_small_17x23.jpg"),
+            &PreprocessConfig::openai(224),
+        )
+        .expect("decodes");
+        let jpeg = make_thumbnail(&small.rgb, DEFAULT_THUMBNAIL_SIDE).expect("thumb");
+        let thumb = decode_jpeg(&jpeg);
+        assert_eq!(thumb.dimensions(), (17, 23));
+        // Unresized, so the only change is JPEG loss: on 17x23 pixels of
+        // fine detail, quality 80 with 4:2:0 chroma costs about 8 levels.
+        let diff = mean_abs_diff(&thumb, &small.rgb);
+        assert!(diff < 12.0, "mean abs diff {diff}");
+    }
+
+    #[test]
+    fn transparent_png_thumbnail_is_opaque_on_white() {
+        // The decoder composites alpha onto white (PreprocessConfig::openai);
+        // the thumbnail, made from its output, is a plain RGB JPEG.
+        let decoded = decode_path(
+            fixture("clip-tiny-hf/images/img4_rgba_180x261.png"),
+            &PreprocessConfig::openai(224),
+        )
+        .expect("decodes");
+        assert!(decoded.had_alpha);
+        let jpeg = make_thumbnail(&decoded.rgb, 128).expect("thumbnail");
+        assert!(jpeg.starts_with(&[0xff, 0xd8, 0xff]), "a JPEG");
+        assert_eq!(decode_jpeg(&jpeg).dimensions(), (88, 128)); // 180 * 128 / 261 = 88.3
+    }
+
+    #[test]
+    fn zero_size_is_a_user_error() {
+        let image = RgbImage::new(4, 4);
+        let err = make_thumbnail(&image, 0).expect_err("0 px");
+        assert!(matches!(err, IndexError::BadThumbnailSize));
+        assert!(err.is_user_error());
+        let err = make_thumbnail(&RgbImage::new(0, 0), 16).expect_err("empty");
+        assert!(!err.is_user_error());
+    }
+}
