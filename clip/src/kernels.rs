@@ -336,14 +336,7 @@ mod tests {
         ];
         for (act, want) in pairs {
             let got = fused_activation(&x, act).unwrap();
-            let d = (got - want)
-                .unwrap()
-                .abs()
-                .unwrap()
-                .max_all()
-                .unwrap()
-                .to_scalar::<f32>()
-                .unwrap();
+            let d = crate::test_util::max_abs_diff(&got, &want);
             assert!(d < 2e-6, "{act:?}: {d}");
         }
     }
@@ -361,14 +354,7 @@ mod tests {
             let w = Tensor::randn(0f32, 1.0, (n, k), &Device::Cpu).unwrap();
             let got = small_matmul_t(&x, &w).unwrap();
             let want = x.matmul(&w.t().unwrap()).unwrap();
-            let d = (got - want)
-                .unwrap()
-                .abs()
-                .unwrap()
-                .max_all()
-                .unwrap()
-                .to_scalar::<f32>()
-                .unwrap();
+            let d = crate::test_util::max_abs_diff(&got, &want);
             assert!(d < 1e-4, "{m}x{k}x{n}: {d}");
         }
     }

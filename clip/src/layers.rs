@@ -353,14 +353,7 @@ mod tests {
         };
         let a = fast.forward(&x).unwrap();
         let c = slow.forward(&x).unwrap();
-        let diff = (a - &c)
-            .unwrap()
-            .abs()
-            .unwrap()
-            .max_all()
-            .unwrap()
-            .to_scalar::<f32>()
-            .unwrap();
+        let diff = crate::test_util::max_abs_diff(&a, &c);
         assert!(diff < 1e-5, "{diff}");
         let grads = c.sqr().unwrap().sum_all().unwrap().backward().unwrap();
         let g = grads
@@ -383,14 +376,7 @@ mod tests {
         let v = Var::from_tensor(&x).unwrap();
         let a = softmax_last_dim(&x).unwrap();
         let b = softmax_last_dim(v.as_tensor()).unwrap();
-        let diff = (a - b)
-            .unwrap()
-            .abs()
-            .unwrap()
-            .max_all()
-            .unwrap()
-            .to_scalar::<f32>()
-            .unwrap();
+        let diff = crate::test_util::max_abs_diff(&a, &b);
         assert!(diff < 1e-6);
     }
 }

@@ -29,6 +29,23 @@ mod vision;
 #[cfg(test)]
 mod reference_tests;
 
+#[cfg(test)]
+mod test_util {
+    use candle_core::Tensor;
+
+    /// Largest absolute element-wise difference of two same-shaped tensors.
+    pub fn max_abs_diff(a: &Tensor, b: &Tensor) -> f32 {
+        (a - b)
+            .unwrap()
+            .abs()
+            .unwrap()
+            .max_all()
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap()
+    }
+}
+
 pub use checkpoint::{Layout, ModelFiles};
 pub use config::{Activation, ClipConfig, TextConfig, VisionConfig};
 pub use embedder::Clip;
