@@ -26,6 +26,16 @@ mod model;
 mod text;
 mod vision;
 
+pub use checkpoint::{Layout, ModelFiles};
+pub use config::{Activation, ClipConfig, TextConfig, VisionConfig};
+pub use embedder::Clip;
+pub use error::ClipError;
+pub use hub::{resolve_model, resolve_model_with, HubOptions};
+pub use layers::{Attention, Encoder, EncoderLayer, EncoderShape, LayerNorm, Linear, Mlp};
+pub use model::ClipModel;
+pub use text::{l2_normalize, TextOutput, TextTransformer};
+pub use vision::{VisionOutput, VisionTransformer};
+
 #[cfg(test)]
 mod reference_tests;
 
@@ -45,13 +55,3 @@ mod test_util {
             .unwrap()
     }
 }
-
-pub use checkpoint::{Layout, ModelFiles};
-pub use config::{Activation, ClipConfig, TextConfig, VisionConfig};
-pub use embedder::Clip;
-pub use error::ClipError;
-pub use hub::{resolve_model, resolve_model_with, HubOptions};
-pub use layers::{Attention, Encoder, EncoderLayer, EncoderShape, LayerNorm, Linear, Mlp};
-pub use model::ClipModel;
-pub use text::{l2_normalize, TextOutput, TextTransformer};
-pub use vision::{VisionOutput, VisionTransformer};
