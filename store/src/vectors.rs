@@ -1,0 +1,268 @@
+//! The live embeddings in memory, and the exact (brute-force) top-k scan
+//! over them. The scan is the ground truth the HNSW graph is measured
+//! against, and the faster choice for small libraries and for restrictive
+//! filters.
+
+use std::cmp::Ordering;
+use std::collections::{BinaryHeap, HashMap};
+
+use rayon::prelude::*;
+
+/// Above this many rows the scan is split across threads.
+const PARALLEL_SCAN_ROWS: usize = 16_384;
+
+/// All live embeddings, one row per photo, contiguous for a fast scan.
+pub(crate) struct VectorSet {
+    dim: usize,
+    ids: Vec<u64>,
+    vids: Vec<u64>,
+    data: Vec<f32>,
+    row_of_id: HashMap<u64, usize>,
+    id_of_vid: HashMap<u64, u64>,
+}
+
+impl VectorSet {
+    pub(crate) fn new(dim: usize) -> Self {
+        Self {
+            dim,
+            ids: Vec::new(),
+            vids: Vec::new(),
+            data: Vec::new(),
+            row_of_id: HashMap::new(),
+            id_of_vid: HashMap::new(),
+        }
+    }
+
+    pub(crate) fn len(&self) -> usize {
+        self.ids.len()
+    }
+
+    /// Adds or replaces the vector of photo `id`, stored under version
+    /// `vid` (a new vid per embedding, so the graph can tell versions apart).
+    pub(crate) fn upsert(&mut self, id: u64, vid: u64, vector: &[f32]) {
+        debug_assert_eq!(vector.len(), self.dim);
+        match self.row_of_id.get(&id) {
+            Some(&row) => {
+                self.id_of_vid.remove(&self.vids[row]);
+                self.vids[row] = vid;
+                self.data[row * self.dim..(row + 1) * self.dim].copy_from_slice(vector);
+            }
+            None => {
+                self.row_of_id.insert(id, self.ids.len());
+                self.ids.push(id);
+                self.vids.push(vid);
+                self.data.extend_from_slice(vector);
+            }
+        }
+        self.id_of_vid.insert(vid, id);
+    }
+
+    /// Removes photo `id`'s vector (the last row moves into its place).
+    pub(crate) fn remove(&mut self, id: u64) {
+        let Some(row) = self.row_of_id.remove(&id) else {
+            return;
+        };
+        self.id_of_vid.remove(&self.vids[row]);
+        let last = self.ids.len() - 1;
+        if row != last {
+            self.ids.swap(row, last);
+            self.vids.swap(row, last);
+            let (head, tail) = self.data.split_at_mut(last * self.dim);
+            head[row * self.dim..(row + 1) * self.dim].copy_from_slice(&tail[..self.dim]);
+            self.row_of_id.insert(self.ids[row], row);
+        }
+        self.ids.pop();
+        self.vids.pop();
+        self.data.truncate(last * self.dim);
+    }
+
+    pub(crate) fn get(&self, id: u64) -> Option<&[f32]> {
+        let row = *self.row_of_id.get(&id)?;
+        Some(&self.data[row * self.dim..(row + 1) * self.dim])
+    }
+
+    /// The photo whose *current* vector has version `vid`; `None` for a
+    /// replaced or removed version (a tombstone in the graph).
+    pub(crate) fn id_of_vid(&self, vid: u64) -> Option<u64> {
+        self.id_of_vid.get(&vid).copied()
+    }
+
+    /// `(id, vid, vector)` of every row.
+    pub(crate) fn rows(&self) -> impl Iterator<Item = (u64, u64, &[f32])> {
+        self.ids
+            .iter()
+            .zip(&self.vids)
+            .zip(self.data.chunks_exact(self.dim.max(1)))
+            .map(|((&id, &vid), v)| (id, vid, v))
+    }
+
+    /// Bytes held by the vectors and their maps (for `status` and the
+    /// RAM-per-photo figure).
+    pub(crate) fn heap_bytes(&self) -> usize {
+        self.data.capacity() * 4
+            + (self.ids.capacity() + self.vids.capacity()) * 8
+            + (self.row_of_id.capacity() + self.id_of_vid.capacity()) * 24
+    }
+
+    /// The `k` rows most similar to `query` (dot product: vectors are unit
+    /// length, so this is the cosine), best first, among the ids `keep`
+    /// accepts.
+    pub(crate) fn top_k(
+        &self,
+        query: &[f32],
+        k: usize,
+        keep: Option<&(dyn Fn(u64) -> bool + Sync)>,
+    ) -> Vec<(u64, f32)> {
+        if k == 0 || self.ids.is_empty() {
+            return Vec::new();
+        }
+        let scan = |rows: std::ops::Range<usize>| {
+            let mut heap = BinaryHeap::with_capacity(k + 1);
+            for row in rows {
+                let id = self.ids[row];
+                if let Some(keep) = keep {
+                    if !keep(id) {
+                        continue;
+                    }
+                }
+                let score = dot(query, &self.data[row * self.dim..(row + 1) * self.dim]);
+                push_top(&mut heap, k, Scored { score, id });
+            }
+            heap
+        };
+        let n = self.ids.len();
+        let heap = if n >= PARALLEL_SCAN_ROWS {
+            let chunk = n.div_ceil(rayon::current_num_threads().max(1));
+            (0..n)
+                .step_by(chunk)
+                .collect::<Vec<_>>()
+                .into_par_iter()
+                .map(|start| scan(start..(start + chunk).min(n)))
+                .reduce(BinaryHeap::new, |mut a, b| {
+                    for s in b {
+                        push_top(&mut a, k, s);
+                    }
+                    a
+                })
+        } else {
+            scan(0..n)
+        };
+        let mut out: Vec<Scored> = heap.into_vec();
+        out.sort_by(|a, b| {
+            b.score
+                .partial_cmp(&a.score)
+                .unwrap_or(Ordering::Equal)
+                .then(a.id.cmp(&b.id))
+        });
+        out.into_iter().map(|s| (s.id, s.score)).collect()
+    }
+}
+
+/// A min-heap entry: the heap's top is the worst of the best `k` so far.
+#[derive(Clone, Copy, PartialEq)]
+struct Scored {
+    score: f32,
+    id: u64,
+}
+
+impl Eq for Scored {}
+
+impl PartialOrd for Scored {
+    fn partial_cmp(&self, other: &Self) -> Option<Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl Ord for Scored {
+    /// Reversed: higher scores are "less", so `BinaryHeap` (a max-heap)
+    /// keeps the lowest score on top. Ties prefer the lower id.
+    fn cmp(&self, other: &Self) -> Ordering {
+        other
+            .score
+            .total_cmp(&self.score)
+            .then(self.id.cmp(&other.id))
+    }
+}
+
+fn push_top(heap: &mut BinaryHeap<Scored>, k: usize, item: Scored) {
+    if heap.len() < k {
+        heap.push(item);
+    } else if let Some(worst) = heap.peek() {
+        if item < *worst {
+            heap.pop();
+            heap.push(item);
+        }
+    }
+}
+
+/// Dot product with eight independent accumulators, so the compiler
+/// vectorises it and the sum does not wait on one register.
+pub(crate) fn dot(a: &[f32], b: &[f32]) -> f32 {
+    let mut acc = [0f32; 8];
+    let (ca, cb) = (a.chunks_exact(8), b.chunks_exact(8));
+    let (ra, rb) = (ca.remainder(), cb.remainder());
+    for (x, y) in ca.zip(cb) {
+        for i in 0..8 {
+            acc[i] += x[i] * y[i];
+        }
+    }
+    let mut sum: f32 = acc.iter().sum();
+    for (x, y) in ra.iter().zip(rb) {
+        sum += x * y;
+    }
+    sum
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn unit(v: &[f32]) -> Vec<f32> {
+        let n = v.iter().map(|x| x * x).sum::<f32>().sqrt();
+        v.iter().map(|x| x / n).collect()
+    }
+
+    #[test]
+    fn upsert_remove_keep_rows_consistent() {
+        let mut set = VectorSet::new(2);
+        set.upsert(1, 10, &unit(&[1.0, 0.0]));
+        set.upsert(2, 11, &unit(&[0.0, 1.0]));
+        set.upsert(3, 12, &unit(&[1.0, 1.0]));
+        set.upsert(1, 13, &unit(&[-1.0, 0.0])); // replaced: vid 10 is a tombstone
+        assert_eq!(set.id_of_vid(10), None);
+        assert_eq!(set.id_of_vid(13), Some(1));
+        set.remove(2);
+        assert_eq!(set.len(), 2);
+        assert_eq!(set.get(2), None);
+        assert_eq!(set.get(3).unwrap(), unit(&[1.0, 1.0]).as_slice());
+        assert_eq!(set.get(1).unwrap(), &[-1.0, 0.0]);
+        let top = set.top_k(&unit(&[1.0, 0.2]), 5, None);
+        assert_eq!(top.iter().map(|t| t.0).collect::<Vec<_>>(), vec![3, 1]);
+        let only_1 = |id: u64| id == 1;
+        let top = set.top_k(&unit(&[1.0, 0.2]), 5, Some(&only_1));
+        assert_eq!(top.iter().map(|t| t.0).collect::<Vec<_>>(), vec![1]);
+    }
+
+    #[test]
+    fn top_k_equals_sorting_everything() {
+        let dim = 16;
+        let mut set = VectorSet::new(dim);
+        let mut state = 7u64;
+        let mut rand = || {
+            state = state
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            ((state >> 33) as f32 / (1u64 << 31) as f32) - 0.5
+        };
+        let n = PARALLEL_SCAN_ROWS + 100; // exercises the threaded path
+        for id in 0..n as u64 {
+            let v: Vec<f32> = (0..dim).map(|_| rand()).collect();
+            set.upsert(id, id, &unit(&v));
+        }
+        let query = unit(&(0..dim).map(|_| rand()).collect::<Vec<_>>());
+        let mut all: Vec<(u64, f32)> = set.rows().map(|(id, _, v)| (id, dot(&query, v))).collect();
+        all.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
+        all.truncate(25);
+        assert_eq!(set.top_k(&query, 25, None), all);
+    }
+}
