@@ -2,13 +2,16 @@
 
 use glimpse_clip::ClipError;
 use glimpse_decoder::DecodeError;
+use glimpse_indexer::IndexError;
+use glimpse_store::StoreError;
 use glimpse_tokenizer::TokenizerError;
 
 /// Shown under `--help`.
 pub const EXIT_CODES_HELP: &str =
     "Exit codes: 0 success; 1 internal error (a bug: please report it); \
 2 bad command line; 3 bad input (a file, image or text that cannot be used); \
-4 model unavailable (not found, bad weights, download failed).";
+4 model unavailable (not found, bad weights, download failed); \
+5 library unavailable (none yet, in use by another process, made with another model, damaged).";
 
 /// A failure caused by what the user gave, not by Glimpse.
 #[derive(Debug, thiserror::Error)]
@@ -24,6 +27,18 @@ pub fn code_for(e: &anyhow::Error) -> u8 {
         {
             return 3;
         }
+        if let Some(s) = cause.downcast_ref::<StoreError>() {
+            return store_code(s);
+        }
+        if let Some(IndexError::Store(s)) = cause.downcast_ref::<IndexError>() {
+            return store_code(s);
+        }
+        if let Some(i) = cause.downcast_ref::<IndexError>() {
+            if let IndexError::Model(_) | IndexError::Internal { .. } = i {
+                return 1;
+            }
+            return 3;
+        }
         if let Some(c) = cause.downcast_ref::<ClipError>() {
             return match c {
                 ClipError::BadInput(_) | ClipError::Tokenizer(_) => 3,
@@ -33,6 +48,16 @@ pub fn code_for(e: &anyhow::Error) -> u8 {
         }
     }
     1
+}
+
+fn store_code(e: &StoreError) -> u8 {
+    match e {
+        StoreError::BadQuery(_)
+        | StoreError::UnknownPhoto(_)
+        | StoreError::WrongDimension { .. } => 3,
+        e if e.is_user_error() => 5,
+        _ => 1,
+    }
 }
 
 /// The error and its causes on one line.

@@ -65,8 +65,123 @@ impl ModelArgs {
     }
 }
 
+/// Where the library is.
+#[derive(clap::Args, Debug, Clone)]
+struct LibraryArgs {
+    /// Library folder (default: the platform data folder, e.g. ~/.local/share/glimpse/library).
+    #[arg(long, env = cmd::library::ENV_LIBRARY)]
+    library: Option<PathBuf>,
+}
+
+/// `--model` where the library's own model is the default.
+#[derive(clap::Args, Debug, Clone)]
+struct OptionalModelArgs {
+    /// Model (directory or hub id); default: the library's model
+    /// (openai/clip-vit-base-patch32 for a new library).
+    #[arg(long, env = ENV_MODEL)]
+    model: Option<String>,
+    /// Hub revision of --model.
+    #[arg(long, requires = "model")]
+    revision: Option<String>,
+}
+
+impl OptionalModelArgs {
+    fn spec(&self) -> Option<ModelSpec> {
+        self.model.as_ref().map(|name| ModelSpec {
+            name: name.clone(),
+            revision: self.revision.clone(),
+        })
+    }
+}
+
 #[derive(Subcommand, Debug)]
 enum Command {
+    /// Index photo folders into the library (incremental: only new or changed files are read).
+    Index {
+        #[command(flatten)]
+        library: LibraryArgs,
+        #[command(flatten)]
+        model: OptionalModelArgs,
+        /// Folders to index.
+        #[arg(required = true)]
+        roots: Vec<PathBuf>,
+        /// Only files matching this glob (repeatable; `*.jpg`, `2019/**`).
+        #[arg(long, action = clap::ArgAction::Append)]
+        include: Vec<String>,
+        /// Skip files and folders matching this glob (repeatable; `@eaDir`, `**/tmp/*`).
+        #[arg(long, action = clap::ArgAction::Append)]
+        exclude: Vec<String>,
+        /// Also walk hidden files and folders.
+        #[arg(long)]
+        hidden: bool,
+        /// Images per model call.
+        #[arg(long, default_value_t = 16)]
+        batch_size: usize,
+        /// Re-embed every photo with --model (ids, metadata and thumbnails are kept).
+        #[arg(long)]
+        reembed: bool,
+        /// After indexing, keep watching the folders and index changes as they happen.
+        #[arg(long)]
+        watch: bool,
+        /// Print a one-line JSON summary on stdout.
+        #[arg(long)]
+        json: bool,
+        /// Commit after this many files (tests use small values).
+        #[arg(long, default_value_t = 64, hide = true)]
+        commit_every: usize,
+    },
+    /// Search the library by text (`2:golden retriever -people`) and/or an example photo.
+    Search {
+        #[command(flatten)]
+        library: LibraryArgs,
+        #[command(flatten)]
+        model: OptionalModelArgs,
+        /// What the photos show; `w:term` weights a term, `-term` pushes it away.
+        query: Vec<String>,
+        /// Find photos like this one (indexed or not).
+        #[arg(long)]
+        like: Option<PathBuf>,
+        /// Number of results.
+        #[arg(short, long, default_value_t = 20)]
+        k: usize,
+        /// Skip this many of the best results.
+        #[arg(long, default_value_t = 0)]
+        offset: usize,
+        /// Taken on or after this date (YYYY-MM-DD[THH:MM[:SS]]).
+        #[arg(long)]
+        after: Option<String>,
+        /// Taken before this date.
+        #[arg(long)]
+        before: Option<String>,
+        /// Only photos under this folder.
+        #[arg(long)]
+        folder: Option<PathBuf>,
+        /// Only photos whose camera make or model contains this text.
+        #[arg(long)]
+        camera: Option<String>,
+        /// How to search the vectors: auto, exact or graph.
+        #[arg(long, default_value = "auto", value_parser = parse_method)]
+        method: glimpse_store::SearchMethod,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show the library's model, counts, failures by reason and sizes on disk.
+    Status {
+        #[command(flatten)]
+        library: LibraryArgs,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// List the files that could not be indexed, with the reason.
+    Failures {
+        #[command(flatten)]
+        library: LibraryArgs,
+        /// Print one JSON object per line.
+        #[arg(long)]
+        json: bool,
+    },
     /// Tokenize JSON lines {"text": ...} from stdin; print {"text", "ids"} per line.
     Tokenize {
         /// Number of ids per text (padded with 0; the last is EOT when truncated).
@@ -129,8 +244,71 @@ fn main() -> ExitCode {
     }
 }
 
+fn parse_method(text: &str) -> Result<glimpse_store::SearchMethod, String> {
+    match text {
+        "auto" => Ok(glimpse_store::SearchMethod::Auto),
+        "exact" => Ok(glimpse_store::SearchMethod::Exact),
+        "graph" => Ok(glimpse_store::SearchMethod::Graph),
+        other => Err(format!("'{other}' is not one of auto, exact, graph")),
+    }
+}
+
 fn run(cli: Cli, sub: &ArgMatches) -> anyhow::Result<()> {
     match cli.command {
+        Command::Index {
+            library,
+            model,
+            roots,
+            include,
+            exclude,
+            hidden,
+            batch_size,
+            reembed,
+            watch,
+            json,
+            commit_every,
+        } => cmd::library::index(cmd::library::IndexArgs {
+            commit_every,
+            roots,
+            library: library.library,
+            model: model.spec(),
+            include,
+            exclude,
+            hidden,
+            batch_size,
+            reembed,
+            watch,
+            json,
+        }),
+        Command::Search {
+            library,
+            model,
+            query,
+            like,
+            k,
+            offset,
+            after,
+            before,
+            folder,
+            camera,
+            method,
+            json,
+        } => cmd::library::search(cmd::library::SearchArgs {
+            query,
+            like,
+            library: library.library,
+            model: model.spec(),
+            k,
+            offset,
+            after,
+            before,
+            folder,
+            camera,
+            method,
+            json,
+        }),
+        Command::Status { library, json } => cmd::library::status(library.library, json),
+        Command::Failures { library, json } => cmd::library::failures(library.library, json),
         Command::Tokenize { context_length } => cmd::tokenize::run(context_length),
         Command::Embed {
             model,

@@ -23,6 +23,7 @@ pub struct Clip {
     preprocess: PreprocessConfig,
     layout: Layout,
     name: String,
+    fingerprint: String,
     device: Device,
 }
 
@@ -40,7 +41,10 @@ impl Clip {
     pub fn load(spec: &ModelSpec) -> Result<Self, ClipError> {
         let dir = resolve_model(spec)?;
         let mut clip = Self::load_dir(&dir, &Device::Cpu)?;
-        clip.name = spec.name.clone();
+        clip.name = match &spec.revision {
+            Some(revision) => format!("{}@{revision}", spec.name),
+            None => spec.name.clone(),
+        };
         Ok(clip)
     }
 
@@ -69,10 +73,12 @@ impl Clip {
                 ),
             });
         }
+        let fingerprint = fingerprint(&files)?;
         Ok(Self {
             model,
             tokenizer,
             preprocess,
+            fingerprint,
             layout: files.layout,
             name: dir.display().to_string(),
             device: device.clone(),
@@ -82,6 +88,25 @@ impl Clip {
     /// The model's name as given (a directory or hub id).
     pub fn name(&self) -> &str {
         &self.name
+    }
+
+    /// A digest of the configuration and weights (BLAKE3 over the config
+    /// file, the weights' size and 32 samples of 64 KiB spread over the
+    /// weights file): two models differ in it even under one name, and
+    /// computing it costs milliseconds, not a read of the whole file.
+    pub fn fingerprint(&self) -> &str {
+        &self.fingerprint
+    }
+
+    /// A digest of how images are prepared for this model (size, mean, std,
+    /// alpha): embeddings made with different preprocessing are not
+    /// comparable. The pixel limit is left out (it changes no embedding).
+    pub fn preprocess_fingerprint(&self) -> String {
+        let p = &self.preprocess;
+        format!(
+            "size={} mean={:?} std={:?} alpha={:?}",
+            p.image_size, p.mean, p.std, p.alpha
+        )
     }
 
     /// The checkpoint layout it was loaded from.
@@ -166,4 +191,38 @@ fn rows(features: &Tensor, raw: bool) -> Result<Vec<Vec<f32>>, ClipError> {
         l2_normalize(features)?
     };
     Ok(t.to_dtype(DType::F32)?.to_vec2::<f32>()?)
+}
+
+/// See [`Clip::fingerprint`].
+fn fingerprint(files: &ModelFiles) -> Result<String, ClipError> {
+    use std::io::{Read, Seek, SeekFrom};
+    const SAMPLES: u64 = 32;
+    const SAMPLE_BYTES: u64 = 64 << 10;
+    let io = |path: &Path| {
+        let path = path.to_path_buf();
+        move |source| ClipError::Io {
+            path: path.clone(),
+            source,
+        }
+    };
+    let mut hasher = blake3::Hasher::new();
+    hasher.update(&std::fs::read(&files.config).map_err(io(&files.config))?);
+    let mut weights = std::fs::File::open(&files.weights).map_err(io(&files.weights))?;
+    let size = weights.metadata().map_err(io(&files.weights))?.len();
+    hasher.update(&size.to_le_bytes());
+    let mut buffer = vec![0u8; SAMPLE_BYTES as usize];
+    let stride = (size / SAMPLES).max(SAMPLE_BYTES);
+    let mut offset = 0;
+    while offset < size {
+        weights
+            .seek(SeekFrom::Start(offset))
+            .map_err(io(&files.weights))?;
+        let n = (&mut weights)
+            .take(SAMPLE_BYTES)
+            .read(&mut buffer)
+            .map_err(io(&files.weights))?;
+        hasher.update(&buffer[..n]);
+        offset += stride;
+    }
+    Ok(hasher.finalize().to_hex()[..32].to_string())
 }

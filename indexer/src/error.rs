@@ -41,6 +41,12 @@ pub enum IndexError {
     /// A thumbnail size of 0 pixels was asked for.
     #[error("the thumbnail size must be at least 1 pixel (got 0)")]
     BadThumbnailSize,
+    /// The library could not be opened, read or written.
+    #[error(transparent)]
+    Store(#[from] glimpse_store::StoreError),
+    /// The model failed to embed a batch.
+    #[error("embedding failed: {0}")]
+    Model(#[from] glimpse_clip::ClipError),
     /// Something that cannot happen did: a bug in Glimpse or in a library it
     /// uses. `what` says which step failed.
     #[error("internal error while {what}: {message}; this is a bug, please report it")]
@@ -56,14 +62,22 @@ impl IndexError {
     /// Whether the error is about the user's files or settings (as opposed
     /// to a bug): a missing or unreadable file, a bad pattern, a bad size.
     pub fn is_user_error(&self) -> bool {
-        !matches!(self, Self::Internal { .. })
+        match self {
+            Self::Internal { .. } | Self::Model(_) => false,
+            Self::Store(e) => e.is_user_error(),
+            _ => true,
+        }
     }
 
     /// The file or folder the error is about, if any.
     pub fn path(&self) -> Option<&Path> {
         match self {
             Self::NotFound { path } | Self::Io { path, .. } => Some(path),
-            Self::BadGlob { .. } | Self::BadThumbnailSize | Self::Internal { .. } => None,
+            Self::BadGlob { .. }
+            | Self::BadThumbnailSize
+            | Self::Store(_)
+            | Self::Model(_)
+            | Self::Internal { .. } => None,
         }
     }
 

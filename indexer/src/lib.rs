@@ -11,20 +11,29 @@
 //! MIME type. [`make_thumbnail`] turns the upright pixels the decoder made
 //! for embedding into a small JPEG. Every failure is an [`IndexError`].
 //!
-//! Not built yet (issue #3): decoding and embedding in a pipeline, the
-//! library store (sled, HNSW, tantivy), incremental updates, search and the
-//! watch daemon. HEIC/AVIF and raw files are recorded, not decoded.
+//! [`index_library`] runs it all against a `glimpse_store::Library`:
+//! walk, plan what changed (size + mtime, then hash), read each new or
+//! changed file once (hash, EXIF, decode, thumbnail) on worker threads,
+//! embed in batches, and commit in walk order; moves and copies reuse the
+//! stored embedding, deletions are removed. [`watch`] repeats it when the
+//! file system changes. HEIC/AVIF and raw files are recorded as
+//! unsupported, not decoded. Searching is the store's job, not this crate's.
 #![warn(missing_docs)]
 
 mod error;
 mod metadata;
+mod run;
 mod thumbnail;
 mod walk;
+mod watch;
 
 pub use error::IndexError;
-pub use metadata::{read_metadata, read_metadata_path, PhotoMetadata, TakenAtSource};
+pub use glimpse_store::{PhotoMetadata, TakenAtSource};
+pub use metadata::{read_metadata, read_metadata_bytes, read_metadata_path};
+pub use run::{index_library, model_identity, IndexOptions, IndexSummary, Progress, WINDOW};
 pub use thumbnail::{make_thumbnail, thumbnail_size, DEFAULT_THUMBNAIL_SIDE, THUMBNAIL_QUALITY};
 pub use walk::{FileKind, ImageKind, WalkEntry, WalkOptions, Walker};
+pub use watch::{watch, DEBOUNCE};
 
 #[cfg(test)]
 mod tests {

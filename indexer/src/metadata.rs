@@ -10,6 +10,8 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use exif::{Exif, In, Tag, Value};
 use image::ImageReader;
 
+use glimpse_store::{PhotoMetadata, TakenAtSource};
+
 use crate::error::IndexError;
 use crate::walk::{FileKind, WalkEntry};
 
@@ -20,67 +22,6 @@ const MIME_SNIFF_BYTES: u64 = 8 << 10;
 /// into memory just for its size; the whole file is used only when the
 /// header is not in this prefix.
 const HEADER_PREFIX_BYTES: u64 = 1 << 20;
-
-/// Where [`PhotoMetadata::taken_at`] came from.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub enum TakenAtSource {
-    /// The EXIF `DateTimeOriginal`, or failing that `DateTime`.
-    Exif,
-    /// No usable EXIF date: the file's modification time.
-    FileMtime,
-}
-
-/// Everything the index keeps about one photo file besides its embedding.
-///
-/// Missing or corrupt EXIF is normal (screenshots, edited files, scans) and
-/// leaves the EXIF fields empty; only an unreadable file is an error.
-#[derive(Clone, Debug, PartialEq)]
-pub struct PhotoMetadata {
-    /// When the photo was taken, in seconds since 1970-01-01 00:00:00 UTC
-    /// (negative before). An integer rather than a date string so that date
-    /// filters are plain comparisons.
-    ///
-    /// EXIF dates are wall-clock times. When the file records its UTC offset
-    /// (`OffsetTimeOriginal`, or `OffsetTime` for `DateTime`) the value is
-    /// true UTC and [`taken_at_offset_minutes`](Self::taken_at_offset_minutes)
-    /// holds the offset; otherwise the wall-clock time is stored *as if* it
-    /// were UTC ("UTC-ish": off by the photographer's time zone, but the
-    /// date and hour a person remembers). From the file's modification time
-    /// it is true UTC.
-    pub taken_at: i64,
-    /// The UTC offset recorded with the EXIF date, in minutes east of UTC
-    /// (`-300` for `-05:00`), if the file has one.
-    pub taken_at_offset_minutes: Option<i16>,
-    /// Whether `taken_at` came from EXIF or from the file's mtime.
-    pub taken_at_source: TakenAtSource,
-    /// EXIF `Make`, trimmed of NULs and spaces (`"Canon"`).
-    pub camera_make: Option<String>,
-    /// EXIF `Model`, trimmed (`"Canon PowerShot S5 IS"`).
-    pub camera_model: Option<String>,
-    /// EXIF `LensModel`, trimmed (maker-note lens names are not read).
-    pub lens: Option<String>,
-    /// `(latitude, longitude)` in decimal degrees, south and west negative.
-    /// `None` without GPS tags, with invalid ones, or with exactly `(0, 0)`
-    /// (what devices write when they have no fix).
-    pub gps: Option<(f64, f64)>,
-    /// EXIF orientation, 1 to 8 (1 when absent or invalid); the decoder
-    /// applies it, so thumbnails and embeddings are upright.
-    pub orientation: u16,
-    /// Width of the upright image (after the orientation: swapped with the
-    /// height for orientations 5 to 8), from the image header. `None` for
-    /// unsupported formats (HEIC, raw) and unreadable headers.
-    pub width: Option<u32>,
-    /// Height of the upright image; see [`width`](Self::width).
-    pub height: Option<u32>,
-    /// Size of the file in bytes (as hashed).
-    pub bytes: u64,
-    /// BLAKE3 hash of the whole file, 64 lower-case hex digits: identifies
-    /// the photo across moves and renames.
-    pub blake3: String,
-    /// MIME type sniffed from the content (`"image/jpeg"`, `"image/heif"`,
-    /// …), `"application/octet-stream"` when unknown.
-    pub mime: String,
-}
 
 /// Reads the metadata of a file found by the [`Walker`](crate::Walker),
 /// using the entry's modification time when there is no EXIF date and its
@@ -108,8 +49,60 @@ fn read(
     // unreadable file.
     let (blake3, bytes, mime) = hash_file(path)?;
     let exif = read_exif(path);
-    let exif = exif.as_ref();
+    let size_of = || match kind {
+        Some(FileKind::Unsupported(_)) => None,
+        _ => pixel_size(path),
+    };
+    Ok(build(exif.as_ref(), mtime, size_of, bytes, blake3, mime))
+}
 
+/// Reads the metadata of a file already in memory (the indexer reads each
+/// file once, then hashes, reads EXIF and decodes from the same bytes).
+/// Never fails: what cannot be read is left empty.
+pub fn read_metadata_bytes(
+    content: &[u8],
+    mtime: SystemTime,
+    kind: Option<&FileKind>,
+) -> PhotoMetadata {
+    let blake3 = blake3::hash(content).to_hex().to_string();
+    let head = &content[..content.len().min(MIME_SNIFF_BYTES as usize)];
+    let mime = infer::get(head).map(|t| t.mime_type());
+    let exif = {
+        let mut exif_reader = exif::Reader::new();
+        exif_reader.continue_on_error(true);
+        match no_panic(|| exif_reader.read_from_container(&mut Cursor::new(content))) {
+            Some(Ok(exif)) => Some(exif),
+            Some(Err(exif::Error::PartialResult(partial))) => Some(partial.into_inner().0),
+            _ => None,
+        }
+    };
+    let size_of = || match kind {
+        Some(FileKind::Unsupported(_)) => None,
+        _ => {
+            let format = image::guess_format(content).ok()?;
+            no_panic(|| ImageReader::with_format(Cursor::new(content), format).into_dimensions())?
+                .ok()
+        }
+    };
+    build(
+        exif.as_ref(),
+        mtime,
+        size_of,
+        content.len() as u64,
+        blake3,
+        mime,
+    )
+}
+
+/// Assembles the metadata from what was read.
+fn build(
+    exif: Option<&Exif>,
+    mtime: SystemTime,
+    size_of: impl FnOnce() -> Option<(u32, u32)>,
+    bytes: u64,
+    blake3: String,
+    mime: Option<&'static str>,
+) -> PhotoMetadata {
     let orientation = exif
         .and_then(|e| e.get_field(Tag::Orientation, In::PRIMARY))
         .and_then(|f| f.value.get_uint(0))
@@ -124,16 +117,13 @@ fn read(
         Some((seconds, offset)) => (seconds, offset, TakenAtSource::Exif),
         None => (unix_seconds(mtime), None, TakenAtSource::FileMtime),
     };
-    let size = match kind {
-        Some(FileKind::Unsupported(_)) => None,
-        _ => pixel_size(path),
-    };
+    let size = size_of();
     let (width, height) = match size {
         Some((w, h)) if (5..=8).contains(&orientation) => (Some(h), Some(w)),
         Some((w, h)) => (Some(w), Some(h)),
         None => (None, None),
     };
-    Ok(PhotoMetadata {
+    PhotoMetadata {
         taken_at,
         taken_at_offset_minutes,
         taken_at_source,
@@ -147,7 +137,7 @@ fn read(
         bytes,
         blake3,
         mime: mime.unwrap_or("application/octet-stream").to_string(),
-    })
+    }
 }
 
 /// Streams the file through BLAKE3 (never holding it in memory), sniffing

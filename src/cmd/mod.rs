@@ -2,6 +2,7 @@
 
 pub mod classify;
 pub mod embed;
+pub mod library;
 pub mod tokenize;
 
 use std::path::Path;
@@ -32,4 +33,16 @@ pub fn image_pixels(
 ) -> anyhow::Result<Vec<f32>> {
     let img = glimpse_decoder::decode_path(path, pre)?;
     Ok(glimpse_decoder::to_pixels(&img.rgb, pre))
+}
+
+/// Prints a line on stdout; when the reader has gone (`glimpse search … |
+/// head`), exits quietly instead of panicking on the broken pipe.
+pub fn print_line(line: impl std::fmt::Display) {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    if let Err(e) = writeln!(out, "{line}").and_then(|()| out.flush()) {
+        if e.kind() == std::io::ErrorKind::BrokenPipe {
+            std::process::exit(0);
+        }
+    }
 }

@@ -5,6 +5,7 @@
 
 mod fake_hub;
 mod hub;
+mod library;
 mod model_cli;
 
 use std::path::{Path, PathBuf};
