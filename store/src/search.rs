@@ -9,9 +9,11 @@ use crate::error::StoreError;
 use crate::library::{CatalogEntry, Library};
 use crate::record::PhotoRecord;
 
-/// Libraries with at most this many vectors are always scanned exactly:
-/// on the machines measured (see `benches/library.rs`), a scan of this many
-/// 512-d vectors is faster than an HNSW search with recall@10 ≥ 0.98.
+/// Libraries with at most this many vectors are always scanned exactly.
+/// Measured with `benches/library.rs` (Zen 3, 2 cores, 512-d f32): at
+/// 100,000 vectors the scan (12.5 ms p50, memory-bound) and the graph
+/// (12.0 ms p50 at ef 128, recall@10 1.0) cost the same, so below half that
+/// size the exact answer is also the faster one.
 pub const EXACT_SCAN_MAX: usize = 50_000;
 /// Filters matching at most this many photos are answered by an exact scan
 /// of those photos rather than by the graph.

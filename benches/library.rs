@@ -1,0 +1,245 @@
+//! Library benchmark (issue #3): prints one JSON report.
+//!
+//! - `indexing`: files/s indexing a photo folder (default `../shared/data/photos`,
+//!   or `GLIMPSE_BENCH_PHOTOS`) with the tiny fixture model and, when
+//!   `GLIMPSE_BENCH_VITB32` names a ViT-B/32 folder, with that model; peak RSS.
+//! - `vectors`: a library of N CLIP-like 512-d vectors (default 100,000;
+//!   `--n`): build time (commits + graph), startup time (open + warm up),
+//!   recall@10 of the graph against the exact scan, queries/s of both,
+//!   and RAM per photo of the loaded vectors.
+//!
+//! `cargo bench --bench library -- [--n N] [--skip-indexing] [--skip-vectors]`
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::AtomicBool;
+use std::time::Instant;
+
+use glimpse_clip::Clip;
+use glimpse_indexer::{index_library, model_identity, IndexOptions, WalkOptions};
+use glimpse_store::{
+    Change, Library, ModelIdentity, PhotoMetadata, PhotoRecord, SearchMethod, SearchRequest,
+    TakenAtSource, GRAPH_EF,
+};
+use serde_json::json;
+
+fn peak_rss_kb() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmHWM:"))
+                .and_then(|l| l.split_whitespace().nth(1).and_then(|v| v.parse().ok()))
+        })
+        .unwrap_or(0)
+}
+
+fn rss_kb() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmRSS:"))
+                .and_then(|l| l.split_whitespace().nth(1).and_then(|v| v.parse().ok()))
+        })
+        .unwrap_or(0)
+}
+
+fn index_folder(model: &Path, photos: &Path) -> serde_json::Value {
+    let clip = Clip::load_dir(model, &candle_core::Device::Cpu).expect("model loads");
+    let dir = tempfile::tempdir().expect("temp dir");
+    let mut library =
+        Library::open_or_create(dir.path(), &model_identity(&clip), false).expect("library");
+    let options = IndexOptions {
+        walk: WalkOptions {
+            roots: vec![photos.to_path_buf()],
+            ..WalkOptions::default()
+        },
+        ..IndexOptions::default()
+    };
+    let cancel = AtomicBool::new(false);
+    let first = index_library(&mut library, &clip, &options, &|_| {}, &cancel).expect("index");
+    let second = index_library(&mut library, &clip, &options, &|_| {}, &cancel).expect("index");
+    let files = first.indexed + first.failed + first.unchanged;
+    json!({
+        "model": model.display().to_string(),
+        "files": files,
+        "indexed": first.indexed,
+        "failed": first.failed,
+        "seconds": first.seconds,
+        "files_per_s": files as f64 / first.seconds,
+        "indexed_per_s": first.indexed as f64 / first.seconds,
+        "second_run_seconds": second.seconds,
+        "second_run_unchanged": second.unchanged,
+    })
+}
+
+struct Rng(u64);
+impl Rng {
+    fn next(&mut self) -> f32 {
+        self.0 = self
+            .0
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        ((self.0 >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
+    }
+}
+
+fn unit(v: Vec<f32>) -> Vec<f32> {
+    let n = v.iter().map(|x| x * x).sum::<f32>().sqrt();
+    v.into_iter().map(|x| x / n).collect()
+}
+
+/// CLIP-like: clusters of varying tightness around 256 centres.
+fn clip_like(rng: &mut Rng, centres: &[Vec<f32>], i: usize) -> Vec<f32> {
+    let c = &centres[(i * 7919) % centres.len()];
+    let spread = 0.03 + 0.05 * ((i % 5) as f32);
+    unit(c.iter().map(|x| x + spread * rng.next()).collect())
+}
+
+fn vectors(n: usize) -> serde_json::Value {
+    let dim = 512;
+    let dir = tempfile::tempdir().expect("temp dir");
+    let identity = ModelIdentity {
+        name: "bench/random".into(),
+        fingerprint: "bench".into(),
+        dim,
+        preprocess: "bench".into(),
+    };
+    let mut rng = Rng(42);
+    let centres: Vec<Vec<f32>> = (0..256)
+        .map(|_| unit((0..dim).map(|_| rng.next()).collect()))
+        .collect();
+    let started = Instant::now();
+    {
+        let mut library = Library::open_or_create(dir.path(), &identity, false).expect("library");
+        let mut i = 0;
+        while i < n {
+            let end = (i + 5_000).min(n);
+            let changes = (i..end)
+                .map(|j| Change::Put {
+                    record: Box::new(PhotoRecord {
+                        id: 0,
+                        path: format!("/photos/{}/IMG_{j:06}.jpg", j % 100),
+                        size: 3_000_000,
+                        mtime_ns: j as i64,
+                        meta: PhotoMetadata {
+                            taken_at: 1_500_000_000 + j as i64 * 600,
+                            taken_at_offset_minutes: None,
+                            taken_at_source: TakenAtSource::Exif,
+                            camera_make: Some(["Canon", "NIKON", "Apple"][j % 3].into()),
+                            camera_model: None,
+                            lens: None,
+                            gps: None,
+                            orientation: 1,
+                            width: Some(4000),
+                            height: Some(3000),
+                            bytes: 3_000_000,
+                            blake3: format!("{j:064x}"),
+                            mime: "image/jpeg".into(),
+                        },
+                        has_thumbnail: false,
+                        indexed_at: 0,
+                    }),
+                    embedding: Some(clip_like(&mut rng, &centres, j)),
+                    thumbnail: None,
+                })
+                .collect();
+            library.commit(changes).expect("commit");
+            i = end;
+        }
+        let commits = started.elapsed().as_secs_f64();
+        let graph_started = Instant::now();
+        library.save_derived().expect("save");
+        eprintln!(
+            "built {n} vectors: commits {commits:.1} s, graph + keywords {:.1} s",
+            graph_started.elapsed().as_secs_f64()
+        );
+    }
+    let build_seconds = started.elapsed().as_secs_f64();
+
+    let rss_before = rss_kb();
+    let started = Instant::now();
+    let mut library = Library::open(dir.path()).expect("open");
+    let open_ms = started.elapsed().as_secs_f64() * 1e3;
+    library.warm_up().expect("warm up");
+    let startup_ms = started.elapsed().as_secs_f64() * 1e3;
+    let rss_after = rss_kb();
+    let vector_bytes = library.vector_ram_bytes().expect("vectors");
+
+    let queries: Vec<Vec<f32>> = (0..200)
+        .map(|i| clip_like(&mut rng, &centres, n + i * 13))
+        .collect();
+    let (mut found, mut total) = (0usize, 0usize);
+    for q in &queries {
+        let (exact, approx) = library.compare_methods(q, 10, GRAPH_EF).expect("compare");
+        total += exact.len();
+        found += exact.iter().filter(|id| approx.contains(id)).count();
+    }
+    let time_method = |library: &mut Library, method: SearchMethod| {
+        let mut times = Vec::new();
+        for q in &queries {
+            let request = SearchRequest {
+                vector: q.clone(),
+                k: 10,
+                method,
+                ..SearchRequest::default()
+            };
+            let t = Instant::now();
+            let results = library.search(&request).expect("search");
+            times.push(t.elapsed().as_secs_f64() * 1e3);
+            assert_eq!(results.hits.len(), 10);
+        }
+        times.sort_by(f64::total_cmp);
+        (times[times.len() / 2], times[times.len() * 99 / 100])
+    };
+    let (exact_p50, exact_p99) = time_method(&mut library, SearchMethod::Exact);
+    let (graph_p50, graph_p99) = time_method(&mut library, SearchMethod::Graph);
+    json!({
+        "n": n,
+        "dim": dim,
+        "build_seconds": build_seconds,
+        "open_ms": open_ms,
+        "startup_ms": startup_ms,
+        "recall_at_10": found as f64 / total as f64,
+        "graph_ef": GRAPH_EF,
+        "exact_ms_p50": exact_p50,
+        "exact_ms_p99": exact_p99,
+        "exact_qps": 1e3 / exact_p50,
+        "graph_ms_p50": graph_p50,
+        "graph_ms_p99": graph_p99,
+        "graph_qps": 1e3 / graph_p50,
+        "vector_bytes_per_photo": vector_bytes as f64 / n as f64,
+        "rss_bytes_per_photo_after_warm_up": (rss_after.saturating_sub(rss_before) * 1024) as f64 / n as f64,
+    })
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    let flag = |name: &str| args.iter().any(|a| a == name);
+    let n = args
+        .iter()
+        .position(|a| a == "--n")
+        .and_then(|i| args.get(i + 1))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(100_000);
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let mut report = serde_json::Map::new();
+    if !flag("--skip-indexing") {
+        let photos = std::env::var_os("GLIMPSE_BENCH_PHOTOS")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| root.join("../shared/data/photos"));
+        let mut runs = vec![index_folder(
+            &root.join("tests/fixtures/clip-tiny-hf"),
+            &photos,
+        )];
+        if let Some(vitb32) = std::env::var_os("GLIMPSE_BENCH_VITB32") {
+            runs.push(index_folder(Path::new(&vitb32), &photos));
+        }
+        report.insert("indexing".into(), json!(runs));
+        report.insert("indexing_peak_rss_kb".into(), json!(peak_rss_kb()));
+    }
+    if !flag("--skip-vectors") {
+        report.insert("vectors".into(), vectors(n));
+    }
+    println!("{}", serde_json::Value::Object(report));
+}
