@@ -669,7 +669,10 @@ impl Library {
             .transpose()
             .map_err(|e| self.db_error(e))?
             .and_then(|(k, _)| keys::u64_value(&k[1..9]));
+        // An index *ahead* of sled (sled lost its last commits to a power
+        // cut after the index was saved) cannot be replayed: rebuild it.
         let replay = match (from, oldest_logged) {
+            (Some(from), _) if from > generation => false,
             (Some(from), Some(oldest)) => oldest <= from + 1,
             (Some(_), None) => true,
             (None, _) => false,
