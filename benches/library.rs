@@ -22,23 +22,13 @@ use glimpse_store::{
 };
 use serde_json::json;
 
-fn peak_rss_kb() -> u64 {
+/// A `/proc/self/status` memory field (`VmHWM`: peak RSS, `VmRSS`: now), in kB.
+fn status_kb(field: &str) -> u64 {
     std::fs::read_to_string("/proc/self/status")
         .ok()
         .and_then(|s| {
             s.lines()
-                .find(|l| l.starts_with("VmHWM:"))
-                .and_then(|l| l.split_whitespace().nth(1).and_then(|v| v.parse().ok()))
-        })
-        .unwrap_or(0)
-}
-
-fn rss_kb() -> u64 {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("VmRSS:"))
+                .find(|l| l.starts_with(field))
                 .and_then(|l| l.split_whitespace().nth(1).and_then(|v| v.parse().ok()))
         })
         .unwrap_or(0)
@@ -157,13 +147,13 @@ fn vectors(n: usize) -> serde_json::Value {
     }
     let build_seconds = started.elapsed().as_secs_f64();
 
-    let rss_before = rss_kb();
+    let rss_before = status_kb("VmRSS:");
     let started = Instant::now();
     let mut library = Library::open(dir.path()).expect("open");
     let open_ms = started.elapsed().as_secs_f64() * 1e3;
     library.warm_up().expect("warm up");
     let startup_ms = started.elapsed().as_secs_f64() * 1e3;
-    let rss_after = rss_kb();
+    let rss_after = status_kb("VmRSS:");
     let vector_bytes = library.vector_ram_bytes().expect("vectors");
 
     let queries: Vec<Vec<f32>> = (0..200)
@@ -236,7 +226,7 @@ fn main() {
             runs.push(index_folder(Path::new(&vitb32), &photos));
         }
         report.insert("indexing".into(), json!(runs));
-        report.insert("indexing_peak_rss_kb".into(), json!(peak_rss_kb()));
+        report.insert("indexing_peak_rss_kb".into(), json!(status_kb("VmHWM:")));
     }
     if !flag("--skip-vectors") {
         report.insert("vectors".into(), vectors(n));
