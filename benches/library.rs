@@ -16,29 +16,18 @@ use std::time::Instant;
 
 use glimpse_clip::Clip;
 use glimpse_indexer::{index_library, model_identity, IndexOptions, WalkOptions};
-use glimpse_store::{
-    Change, Library, ModelIdentity, PhotoMetadata, PhotoRecord, SearchMethod, SearchRequest,
-    TakenAtSource, GRAPH_EF,
-};
+use glimpse_store::{Library, ModelIdentity, SearchMethod, SearchRequest, GRAPH_EF};
 use serde_json::json;
 
-/// A `/proc/self/status` memory field (`VmHWM`: peak RSS, `VmRSS`: now), in kB.
-fn status_kb(field: &str) -> u64 {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with(field))
-                .and_then(|l| l.split_whitespace().nth(1).and_then(|v| v.parse().ok()))
-        })
-        .unwrap_or(0)
-}
+mod support;
+use support::{clip_like, status_kb, Rng};
 
 fn index_folder(model: &Path, photos: &Path) -> serde_json::Value {
     let clip = Clip::load_dir(model, &candle_core::Device::Cpu).expect("model loads");
     let dir = tempfile::tempdir().expect("temp dir");
-    let mut library =
-        Library::open_or_create(dir.path(), &model_identity(&clip), false).expect("library");
+    let library = std::sync::Mutex::new(
+        Library::open_or_create(dir.path(), &model_identity(&clip), false).expect("library"),
+    );
     let options = IndexOptions {
         walk: WalkOptions {
             roots: vec![photos.to_path_buf()],
@@ -47,8 +36,8 @@ fn index_folder(model: &Path, photos: &Path) -> serde_json::Value {
         ..IndexOptions::default()
     };
     let cancel = AtomicBool::new(false);
-    let first = index_library(&mut library, &clip, &options, &|_| {}, &cancel).expect("index");
-    let second = index_library(&mut library, &clip, &options, &|_| {}, &cancel).expect("index");
+    let first = index_library(&library, &clip, &options, &|_| {}, &cancel).expect("index");
+    let second = index_library(&library, &clip, &options, &|_| {}, &cancel).expect("index");
     let files = first.indexed + first.failed + first.unchanged;
     json!({
         "model": model.display().to_string(),
@@ -63,29 +52,6 @@ fn index_folder(model: &Path, photos: &Path) -> serde_json::Value {
     })
 }
 
-struct Rng(u64);
-impl Rng {
-    fn next(&mut self) -> f32 {
-        self.0 = self
-            .0
-            .wrapping_mul(6364136223846793005)
-            .wrapping_add(1442695040888963407);
-        ((self.0 >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
-    }
-}
-
-fn unit(v: Vec<f32>) -> Vec<f32> {
-    let n = v.iter().map(|x| x * x).sum::<f32>().sqrt();
-    v.into_iter().map(|x| x / n).collect()
-}
-
-/// CLIP-like: clusters of varying tightness around 256 centres.
-fn clip_like(rng: &mut Rng, centres: &[Vec<f32>], i: usize) -> Vec<f32> {
-    let c = &centres[(i * 7919) % centres.len()];
-    let spread = 0.03 + 0.05 * ((i % 5) as f32);
-    unit(c.iter().map(|x| x + spread * rng.next()).collect())
-}
-
 fn vectors(n: usize) -> serde_json::Value {
     let dim = 512;
     let dir = tempfile::tempdir().expect("temp dir");
@@ -96,47 +62,11 @@ fn vectors(n: usize) -> serde_json::Value {
         preprocess: "bench".into(),
     };
     let mut rng = Rng(42);
-    let centres: Vec<Vec<f32>> = (0..256)
-        .map(|_| unit((0..dim).map(|_| rng.next()).collect()))
-        .collect();
+    let centres = support::centres(&mut rng, 256, dim);
     let started = Instant::now();
     {
         let mut library = Library::open_or_create(dir.path(), &identity, false).expect("library");
-        let mut i = 0;
-        while i < n {
-            let end = (i + 5_000).min(n);
-            let changes = (i..end)
-                .map(|j| Change::Put {
-                    record: Box::new(PhotoRecord {
-                        id: 0,
-                        path: format!("/photos/{}/IMG_{j:06}.jpg", j % 100),
-                        size: 3_000_000,
-                        mtime_ns: j as i64,
-                        meta: PhotoMetadata {
-                            taken_at: 1_500_000_000 + j as i64 * 600,
-                            taken_at_offset_minutes: None,
-                            taken_at_source: TakenAtSource::Exif,
-                            camera_make: Some(["Canon", "NIKON", "Apple"][j % 3].into()),
-                            camera_model: None,
-                            lens: None,
-                            gps: None,
-                            orientation: 1,
-                            width: Some(4000),
-                            height: Some(3000),
-                            bytes: 3_000_000,
-                            blake3: format!("{j:064x}"),
-                            mime: "image/jpeg".into(),
-                        },
-                        has_thumbnail: false,
-                        indexed_at: 0,
-                    }),
-                    embedding: Some(clip_like(&mut rng, &centres, j)),
-                    thumbnail: None,
-                })
-                .collect();
-            library.commit(changes).expect("commit");
-            i = end;
-        }
+        support::fill_library(&mut library, n, &mut rng, &centres);
         let commits = started.elapsed().as_secs_f64();
         let graph_started = Instant::now();
         library.save_derived().expect("save");

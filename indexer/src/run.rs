@@ -16,6 +16,7 @@
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use crossbeam_channel::{bounded, Receiver, RecvTimeoutError, Sender};
@@ -181,15 +182,17 @@ fn under_roots(path: &str, roots: &[String]) -> bool {
 /// Indexes the roots of `options` into `library` with `clip`: see the
 /// module documentation. Stops early (committing what is done) when
 /// `cancel` is set. The library must have been opened for `clip`'s model.
+/// It is locked per operation, never for the whole run, so a server that
+/// shares it keeps answering searches meanwhile (and sees photos arrive).
 pub fn index_library(
-    library: &mut Library,
+    library: &Mutex<Library>,
     clip: &Clip,
     options: &IndexOptions,
     progress: &(dyn Fn(Progress<'_>) + Sync),
     cancel: &AtomicBool,
 ) -> Result<IndexSummary, IndexError> {
     let start = Instant::now();
-    library.check_model(&model_identity(clip))?;
+    lock(library).check_model(&model_identity(clip))?;
     let mut summary = IndexSummary::default();
     let mut changes: Vec<Change> = Vec::new();
 
@@ -214,7 +217,7 @@ pub fn index_library(
                     .path()
                     .map_or_else(String::new, |p| p.to_string_lossy().into_owned());
                 if !path.is_empty() && seen.insert(path.clone()) {
-                    let earlier = library.failure(&path)?;
+                    let earlier = lock(library).failure(&path)?;
                     changes.push(Change::Fail(failure_record(
                         &path,
                         FailureKind::Unreadable,
@@ -232,7 +235,7 @@ pub fn index_library(
         let Some(path) = entry.path.to_str().map(str::to_string) else {
             let shown = entry.path.to_string_lossy().into_owned();
             seen.insert(shown.clone());
-            let earlier = library.failure(&shown)?;
+            let earlier = lock(library).failure(&shown)?;
             if earlier.is_none() {
                 changes.push(Change::Fail(failure_record(
                     &shown,
@@ -253,9 +256,9 @@ pub fn index_library(
         seen.insert(path.clone());
         let size = entry.size;
         let mtime = mtime_ns(entry.mtime);
-        let existing = library.photo_by_path(&path)?;
+        let existing = lock(library).photo_by_path(&path)?;
         let existing_embedded = match &existing {
-            Some(record) => library.has_embedding(record.id)?,
+            Some(record) => lock(library).has_embedding(record.id)?,
             None => false,
         };
         if let Some(record) = &existing {
@@ -264,7 +267,7 @@ pub fn index_library(
                 continue;
             }
         }
-        let earlier_failure = library.failure(&path)?;
+        let earlier_failure = lock(library).failure(&path)?;
         if let Some(failure) = &earlier_failure {
             if existing.is_none() && failure.size == size && failure.mtime_ns == mtime {
                 summary.unchanged += 1;
@@ -290,7 +293,7 @@ pub fn index_library(
 
     // 2. Photos under the roots whose path was not seen: moved or deleted.
     let mut missing: BTreeMap<u64, PhotoRecord> = BTreeMap::new();
-    for record in library.photos() {
+    for record in lock(library).photos() {
         let record = record?;
         if under_roots(&record.path, &roots) && !seen.contains(&record.path) {
             missing.insert(record.id, record);
@@ -303,7 +306,7 @@ pub fn index_library(
             .or_default()
             .push(record.id);
     }
-    let known_hashes: HashSet<String> = library.hashes()?.into_iter().collect();
+    let known_hashes: HashSet<String> = lock(library).hashes()?.into_iter().collect();
 
     // 3. Read, decode, embed, commit; files whose known content turns out
     //    to be unusable (no embedding to copy) go round again, decoded.
@@ -354,6 +357,8 @@ pub fn index_library(
         }
         let stale: Vec<String> = writer
             .library
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
             .failures()
             .filter_map(Result::ok)
             .map(|f| f.path)
@@ -365,15 +370,23 @@ pub fn index_library(
     }
     writer.commit()?;
     progress(Progress::Saving);
-    writer.library.save_derived()?;
+    lock(writer.library).save_derived()?;
     let mut summary = writer.summary;
     summary.seconds = start.elapsed().as_secs_f64();
     Ok(summary)
 }
 
+/// The library, locked for one operation: a search (a server sharing the
+/// library) may run between any two. A panic elsewhere cannot leave the
+/// library half-changed (every change is one atomic commit), so a poisoned
+/// lock is taken over.
+fn lock(library: &Mutex<Library>) -> MutexGuard<'_, Library> {
+    library.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
 /// The writer: the only code that changes the library during a run.
 struct Writer<'l> {
-    library: &'l mut Library,
+    library: &'l Mutex<Library>,
     changes: Vec<Change>,
     summary: IndexSummary,
     missing: BTreeMap<u64, PhotoRecord>,
@@ -387,7 +400,7 @@ struct Writer<'l> {
 impl Writer<'_> {
     fn commit(&mut self) -> Result<(), IndexError> {
         if !self.changes.is_empty() {
-            self.library.commit(std::mem::take(&mut self.changes))?;
+            lock(self.library).commit(std::mem::take(&mut self.changes))?;
         }
         self.last_commit = Instant::now();
         Ok(())
@@ -405,8 +418,9 @@ impl Writer<'_> {
 
     /// A photo of the library with this content and an embedding, to copy.
     fn source_for(&self, blake3: &str, not: Option<u64>) -> Result<Option<u64>, IndexError> {
-        for id in self.library.ids_by_hash(blake3)? {
-            if Some(id) != not && self.library.has_embedding(id)? {
+        let ids = lock(self.library).ids_by_hash(blake3)?;
+        for id in ids {
+            if Some(id) != not && lock(self.library).has_embedding(id)? {
                 return Ok(Some(id));
             }
         }
@@ -470,10 +484,10 @@ impl Writer<'_> {
                 {
                     // A copy (or an edit that made it equal to another
                     // photo): reuse that photo's embedding and thumbnail.
-                    let embedding = self.library.embedding(source)?;
-                    let thumbnail = std::fs::read(self.library.thumbnail_path(source)).ok();
+                    let embedding = lock(self.library).embedding(source)?;
+                    let thumbnail = std::fs::read(lock(self.library).thumbnail_path(source)).ok();
                     let mut record = self.record_for(&job, meta, false);
-                    if let Some(source) = self.library.photo(source)? {
+                    if let Some(source) = lock(self.library).photo(source)? {
                         record.meta.width = source.meta.width;
                         record.meta.height = source.meta.height;
                     }

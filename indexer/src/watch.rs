@@ -3,7 +3,7 @@
 //! before the first run, so nothing changed during that run is missed.
 
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::mpsc;
+use std::sync::{mpsc, Mutex};
 use std::time::{Duration, Instant};
 
 use glimpse_clip::Clip;
@@ -23,7 +23,7 @@ pub const DEBOUNCE: Duration = Duration::from_millis(1500);
 /// locked file) does not stop the watch. Returns an error only when the
 /// roots cannot be watched at all.
 pub fn watch(
-    library: &mut Library,
+    library: &Mutex<Library>,
     clip: &Clip,
     options: &IndexOptions,
     progress: &(dyn Fn(Progress<'_>) + Sync),

@@ -13,7 +13,8 @@ use glimpse_indexer::{
     index_library, model_identity, IndexOptions, IndexSummary, Progress, WalkOptions,
 };
 use glimpse_store::{
-    combine_terms, parse_query, Filters, Library, SearchMethod, SearchRequest, StoreError,
+    combine_terms, format_date, parse_query, Filters, Library, SearchMethod, SearchRequest,
+    StoreError,
 };
 use serde_json::json;
 
@@ -39,7 +40,7 @@ pub fn library_dir(given: Option<PathBuf>) -> anyhow::Result<PathBuf> {
 }
 
 /// The model a library was made with, as a spec (`name@revision` split).
-fn spec_of(name: &str) -> ModelSpec {
+pub(crate) fn spec_of(name: &str) -> ModelSpec {
     if !Path::new(name).exists() {
         if let Some((model, revision)) = name.rsplit_once('@') {
             return ModelSpec {
@@ -56,7 +57,7 @@ fn spec_of(name: &str) -> ModelSpec {
 
 /// Loads a model; a local folder is recorded by its absolute path, so the
 /// library finds it again from any working directory.
-fn load_clip(spec: &ModelSpec) -> anyhow::Result<Clip> {
+pub(crate) fn load_clip(spec: &ModelSpec) -> anyhow::Result<Clip> {
     let mut spec = spec.clone();
     if let Ok(absolute) = std::fs::canonicalize(&spec.name) {
         if absolute.is_dir() {
@@ -150,16 +151,11 @@ pub fn index(args: IndexArgs) -> anyhow::Result<()> {
         commit_every: args.commit_every.max(1),
         ..IndexOptions::default()
     };
+    let library = Mutex::new(library);
     let cancel = cancel_flag();
     let reporter = Reporter::new(args.json);
     if !args.watch {
-        let summary = index_library(
-            &mut library,
-            &clip,
-            &options,
-            &|p| reporter.report(p),
-            &cancel,
-        )?;
+        let summary = index_library(&library, &clip, &options, &|p| reporter.report(p), &cancel)?;
         reporter.finish();
         print_summary(&summary, args.json, &dir);
         return Ok(());
@@ -175,7 +171,7 @@ pub fn index(args: IndexArgs) -> anyhow::Result<()> {
         );
     }
     glimpse_indexer::watch(
-        &mut library,
+        &library,
         &clip,
         &options,
         &|p| reporter.report(p),
@@ -505,93 +501,14 @@ pub fn failures(library: Option<PathBuf>, json: bool) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// `YYYY-MM-DD` or `YYYY-MM-DDTHH:MM[:SS]` (space also accepted) as Unix
-/// seconds, read as UTC-ish wall-clock time like the EXIF dates.
+/// A date flag as Unix seconds (see [`glimpse_store::parse_date`]).
 pub fn parse_date(text: &str, flag: &str) -> anyhow::Result<i64> {
-    let bad = || {
+    glimpse_store::parse_date(text).ok_or_else(|| {
         InputError(format!(
             "{flag} '{text}' is not a date; use YYYY-MM-DD or YYYY-MM-DDTHH:MM[:SS]"
         ))
-    };
-    let (date, clock) = match text.trim().split_once(['T', ' ']) {
-        Some((d, c)) => (d, Some(c)),
-        None => (text.trim(), None),
-    };
-    let parts: Vec<&str> = date.split('-').collect();
-    let [y, m, d] = parts.as_slice() else {
-        return Err(bad().into());
-    };
-    let (y, m, d): (i64, u32, u32) = (
-        y.parse().map_err(|_| bad())?,
-        m.parse().map_err(|_| bad())?,
-        d.parse().map_err(|_| bad())?,
-    );
-    let leap = (y % 4 == 0 && y % 100 != 0) || y % 400 == 0;
-    let days_in_month = [
-        31,
-        if leap { 29 } else { 28 },
-        31,
-        30,
-        31,
-        30,
-        31,
-        31,
-        30,
-        31,
-        30,
-        31,
-    ];
-    if !(1..=12).contains(&m) || d == 0 || d > days_in_month[(m - 1) as usize] {
-        return Err(bad().into());
-    }
-    let mut seconds = 0i64;
-    if let Some(clock) = clock {
-        let c: Vec<&str> = clock.split(':').collect();
-        if !(2..=3).contains(&c.len()) {
-            return Err(bad().into());
-        }
-        let nums: Vec<i64> = c
-            .iter()
-            .map(|x| x.parse::<i64>().map_err(|_| bad()))
-            .collect::<Result<_, _>>()?;
-        if nums[0] > 23 || nums[1] > 59 || nums.get(2).is_some_and(|s| *s > 59) {
-            return Err(bad().into());
-        }
-        seconds = nums[0] * 3600 + nums[1] * 60 + nums.get(2).copied().unwrap_or(0);
-    }
-    Ok(days_from_civil(y, m, d) * 86_400 + seconds)
-}
-
-/// Days since 1970-01-01 of a proleptic Gregorian date (H. Hinnant's
-/// algorithm).
-fn days_from_civil(y: i64, m: u32, d: u32) -> i64 {
-    let y = if m <= 2 { y - 1 } else { y };
-    let era = y.div_euclid(400);
-    let yoe = y - era * 400;
-    let m = i64::from(m);
-    let doy = (153 * (if m > 2 { m - 3 } else { m + 9 }) + 2) / 5 + i64::from(d) - 1;
-    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    era * 146_097 + doe - 719_468
-}
-
-/// Unix seconds as `YYYY-MM-DD HH:MM`.
-fn format_date(seconds: i64) -> String {
-    let days = seconds.div_euclid(86_400);
-    let rest = seconds.rem_euclid(86_400);
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    let y = yoe + era * 400 + i64::from(m <= 2);
-    format!(
-        "{y:04}-{m:02}-{d:02} {:02}:{:02}",
-        rest / 3600,
-        rest % 3600 / 60
-    )
+        .into()
+    })
 }
 
 #[cfg(test)]
@@ -599,17 +516,12 @@ mod tests {
     use super::*;
 
     #[test]
-    fn dates_round_trip_and_bad_ones_are_refused() {
-        assert_eq!(parse_date("1970-01-01", "--after").unwrap(), 0);
-        assert_eq!(
-            parse_date("2000-03-01T12:30", "--after").unwrap(),
-            951_913_800
+    fn a_bad_date_flag_names_the_flag_and_the_format() {
+        assert_eq!(parse_date("1970-01-02", "--after").unwrap(), 86_400);
+        let e = parse_date("yesterday", "--before").unwrap_err().to_string();
+        assert!(
+            e.contains("--before 'yesterday'") && e.contains("YYYY-MM-DD"),
+            "{e}"
         );
-        assert_eq!(format_date(951_913_800), "2000-03-01 12:30");
-        assert_eq!(format_date(-86_400), "1969-12-31 00:00");
-        for bad in ["2021-02-29", "2021-13-01", "yesterday", "2021-01-01T25:00"] {
-            assert!(parse_date(bad, "--after").is_err(), "{bad}");
-        }
-        assert!(parse_date("2024-02-29", "--after").is_ok());
     }
 }

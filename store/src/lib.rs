@@ -20,6 +20,7 @@
 //! embeds, the caller turns text into vectors. Errors are [`StoreError`].
 #![warn(missing_docs)]
 
+mod dates;
 mod error;
 mod graph;
 mod keys;
@@ -29,6 +30,7 @@ mod record;
 mod search;
 mod vectors;
 
+pub use dates::{format_date, format_iso, parse_date};
 pub use error::StoreError;
 pub use graph::UnitDot;
 pub use library::{
@@ -36,6 +38,6 @@ pub use library::{
 };
 pub use record::{FailureKind, FailureRecord, PhotoMetadata, PhotoRecord, TakenAtSource};
 pub use search::{
-    combine_terms, parse_query, Filters, QueryTerm, SearchHit, SearchMethod, SearchRequest,
-    SearchResults, EXACT_FILTERED_MAX, EXACT_SCAN_MAX, GRAPH_EF,
+    combine_terms, parse_query, Facet, Facets, Filters, QueryTerm, ScoreProfile, SearchHit,
+    SearchMethod, SearchRequest, SearchResults, EXACT_FILTERED_MAX, EXACT_SCAN_MAX, GRAPH_EF,
 };

@@ -893,6 +893,24 @@ fn get(dir: &Path, db: &sled::Db, key: &[u8]) -> Result<Option<sled::IVec>, Stor
 /// [`StoreError::Locked`] and anything else (including a panic inside sled
 /// on a damaged file) into [`StoreError::Corrupt`].
 fn open_db(dir: &Path) -> Result<sled::Db, StoreError> {
+    // sled releases its file lock asynchronously (its flusher thread ends
+    // after the last handle is dropped), so a library closed a moment ago —
+    // by this process, or by one that is exiting — is waited for briefly.
+    let deadline = std::time::Instant::now() + LOCK_WAIT;
+    loop {
+        match open_db_once(dir) {
+            Err(StoreError::Locked { .. }) if std::time::Instant::now() < deadline => {
+                std::thread::sleep(std::time::Duration::from_millis(50));
+            }
+            other => return other,
+        }
+    }
+}
+
+/// How long [`open_db`] waits for a lock that is about to be released.
+const LOCK_WAIT: std::time::Duration = std::time::Duration::from_millis(2000);
+
+fn open_db_once(dir: &Path) -> Result<sled::Db, StoreError> {
     let path = dir.join("db");
     let opened = catch_unwind(AssertUnwindSafe(|| {
         sled::Config::new()

@@ -349,3 +349,55 @@ fn graph_recall_at_10_on_10k_vectors() {
     r.method = SearchMethod::Graph;
     assert_eq!(lib.search(&r).unwrap().hits[0].id, 8);
 }
+
+#[test]
+fn facets_count_folders_with_their_subfolders_and_cameras_by_use() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut lib = Library::open_or_create(dir.path(), &model(4), false).unwrap();
+    assert_eq!(lib.facets().unwrap(), crate::search::Facets::default());
+    let v = unit(vec![1.0, 0.0, 0.0, 0.0]);
+    lib.commit(vec![
+        put(record("/p/a/1.jpg", "h1", 300, Some("Canon")), v.clone()),
+        put(record("/p/a/b/2.jpg", "h2", 100, Some("Nikon")), v.clone()),
+        put(record("/p/ab/3.jpg", "h3", 200, Some("Canon")), v.clone()),
+        put(record("/p/a/b/4.jpg", "h4", 400, None), v),
+    ])
+    .unwrap();
+    let f = lib.facets().unwrap();
+    let folders: Vec<(&str, usize)> = f
+        .folders
+        .iter()
+        .map(|x| (x.value.as_str(), x.count))
+        .collect();
+    // "/p/ab" is not under "/p/a".
+    assert_eq!(folders, [("/p/a", 3), ("/p/a/b", 2), ("/p/ab", 1)]);
+    let cameras: Vec<(&str, usize)> = f
+        .cameras
+        .iter()
+        .map(|x| (x.value.as_str(), x.count))
+        .collect();
+    assert_eq!(cameras, [("Canon", 2), ("Nikon", 1)]);
+    assert_eq!((f.first_taken_at, f.last_taken_at), (Some(100), Some(400)));
+}
+
+#[test]
+fn score_profile_is_the_mean_and_spread_of_the_cosines() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut lib = Library::open_or_create(dir.path(), &model(2), false).unwrap();
+    let q = vec![1.0, 0.0];
+    assert_eq!(lib.score_profile(&q, 100).unwrap(), None);
+    lib.commit(vec![
+        put(record("/p/1.jpg", "h1", 0, None), vec![1.0, 0.0]),
+        put(record("/p/2.jpg", "h2", 0, None), vec![0.0, 1.0]),
+    ])
+    .unwrap();
+    let p = lib.score_profile(&q, 100).unwrap().unwrap();
+    assert_eq!(p.sampled, 2);
+    assert!(
+        (p.mean - 0.5).abs() < 1e-6 && (p.std - 0.5).abs() < 1e-6,
+        "{p:?}"
+    );
+    // A sample of one row of two.
+    assert_eq!(lib.score_profile(&q, 1).unwrap().unwrap().sampled, 1);
+    assert!(lib.score_profile(&[1.0], 10).is_err());
+}

@@ -131,6 +131,42 @@ pub struct SearchResults {
     pub candidates: usize,
 }
 
+/// How a query vector scores against the library as a whole: the
+/// background that tells a real match from the best of a bad lot.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize)]
+pub struct ScoreProfile {
+    /// Mean cosine over the sample.
+    pub mean: f32,
+    /// Standard deviation of the cosines over the sample.
+    pub std: f32,
+    /// How many photos were sampled.
+    pub sampled: usize,
+}
+
+/// A value photos can be filtered by, with how many photos have it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Facet {
+    /// The folder (absolute path) or camera name.
+    pub value: String,
+    /// Photos with it (for folders: directly in it or below).
+    pub count: usize,
+}
+
+/// What the library's photos can be filtered by: for filter menus.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct Facets {
+    /// Folders that directly hold photos, with the photos under each,
+    /// by path.
+    pub folders: Vec<Facet>,
+    /// Camera names ([`PhotoMetadata::camera`](crate::PhotoMetadata::camera)),
+    /// most photos first.
+    pub cameras: Vec<Facet>,
+    /// The earliest `taken_at`, if there are photos.
+    pub first_taken_at: Option<i64>,
+    /// The latest `taken_at`.
+    pub last_taken_at: Option<i64>,
+}
+
 /// One term of a query: text and its weight (negative to push away).
 #[derive(Clone, Debug, PartialEq)]
 pub struct QueryTerm {
@@ -362,6 +398,86 @@ impl Library {
             method,
             candidates,
         })
+    }
+
+    /// The distribution of `vector`'s cosine to (a sample of at most
+    /// `max_sample` of) the library's photos. `None` for an empty library.
+    pub fn score_profile(
+        &mut self,
+        vector: &[f32],
+        max_sample: usize,
+    ) -> Result<Option<ScoreProfile>, StoreError> {
+        let dim = self.header().model.dim;
+        if vector.len() != dim {
+            return Err(StoreError::WrongDimension {
+                expected: dim,
+                got: vector.len(),
+            });
+        }
+        let scores = self.vectors()?.sample_scores(vector, max_sample);
+        if scores.is_empty() {
+            return Ok(None);
+        }
+        let n = scores.len() as f64;
+        let mean = scores.iter().map(|s| f64::from(*s)).sum::<f64>() / n;
+        let var = scores
+            .iter()
+            .map(|s| (f64::from(*s) - mean).powi(2))
+            .sum::<f64>()
+            / n;
+        Ok(Some(ScoreProfile {
+            mean: mean as f32,
+            std: var.sqrt() as f32,
+            sampled: scores.len(),
+        }))
+    }
+
+    /// The folders, cameras and date range of the library's photos.
+    pub fn facets(&self) -> Result<Facets, StoreError> {
+        let mut folders: HashMap<String, usize> = HashMap::new();
+        let mut cameras: HashMap<String, usize> = HashMap::new();
+        let mut facets = Facets::default();
+        for record in self.photos() {
+            let record = record?;
+            if let Some(parent) = std::path::Path::new(&record.path).parent() {
+                *folders
+                    .entry(parent.to_string_lossy().into_owned())
+                    .or_default() += 1;
+            }
+            if let Some(camera) = record.meta.camera() {
+                *cameras.entry(camera).or_default() += 1;
+            }
+            let t = record.meta.taken_at;
+            facets.first_taken_at = Some(facets.first_taken_at.map_or(t, |f| f.min(t)));
+            facets.last_taken_at = Some(facets.last_taken_at.map_or(t, |l| l.max(t)));
+        }
+        // A folder's count includes its sub-folders' photos.
+        let direct: Vec<(String, usize)> = folders.into_iter().collect();
+        let mut folders: Vec<Facet> = direct
+            .iter()
+            .map(|(folder, _)| Facet {
+                value: folder.clone(),
+                count: direct
+                    .iter()
+                    .filter(|(other, _)| {
+                        other == folder
+                            || other
+                                .strip_prefix(folder.as_str())
+                                .is_some_and(|rest| rest.starts_with(std::path::MAIN_SEPARATOR))
+                    })
+                    .map(|(_, n)| n)
+                    .sum(),
+            })
+            .collect();
+        folders.sort_by(|a, b| a.value.cmp(&b.value));
+        let mut cameras: Vec<Facet> = cameras
+            .into_iter()
+            .map(|(value, count)| Facet { value, count })
+            .collect();
+        cameras.sort_by(|a, b| b.count.cmp(&a.count).then(a.value.cmp(&b.value)));
+        facets.folders = folders;
+        facets.cameras = cameras;
+        Ok(facets)
     }
 
     /// The exact top-`k` (ids and cosines) for `vector` by brute force, and

@@ -104,6 +104,21 @@ impl VectorSet {
             + (self.row_of_id.capacity() + self.id_of_vid.capacity()) * 24
     }
 
+    /// Scores of `query` against an evenly spread sample of at most `max`
+    /// rows (all of them when there are fewer): the background a query's
+    /// hits are judged against.
+    pub(crate) fn sample_scores(&self, query: &[f32], max: usize) -> Vec<f32> {
+        let n = self.ids.len();
+        if n == 0 || max == 0 {
+            return Vec::new();
+        }
+        let step = n.div_ceil(max).max(1);
+        (0..n)
+            .step_by(step)
+            .map(|row| dot(query, &self.data[row * self.dim..(row + 1) * self.dim]))
+            .collect()
+    }
+
     /// The `k` rows most similar to `query` (dot product: vectors are unit
     /// length, so this is the cosine), best first, among the ids `keep`
     /// accepts.

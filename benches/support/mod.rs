@@ -1,0 +1,91 @@
+//! Helpers shared by the benchmarks: synthetic CLIP-like libraries and
+//! memory readings.
+#![allow(dead_code)]
+
+use glimpse_store::{Change, Library, PhotoMetadata, PhotoRecord, TakenAtSource};
+
+/// A `/proc/self/status` memory field (`VmHWM`: peak RSS, `VmRSS`: now), in kB.
+pub fn status_kb(field: &str) -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with(field))
+                .and_then(|l| l.split_whitespace().nth(1).and_then(|v| v.parse().ok()))
+        })
+        .unwrap_or(0)
+}
+
+/// A deterministic pseudo-random generator.
+pub struct Rng(pub u64);
+impl Rng {
+    /// Uniform in [-1, 1).
+    pub fn next(&mut self) -> f32 {
+        self.0 = self
+            .0
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        ((self.0 >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
+    }
+}
+
+/// `v` scaled to unit length.
+pub fn unit(v: Vec<f32>) -> Vec<f32> {
+    let n = v.iter().map(|x| x * x).sum::<f32>().sqrt();
+    v.into_iter().map(|x| x / n).collect()
+}
+
+/// CLIP-like: clusters of varying tightness around 256 centres.
+pub fn clip_like(rng: &mut Rng, centres: &[Vec<f32>], i: usize) -> Vec<f32> {
+    let c = &centres[(i * 7919) % centres.len()];
+    let spread = 0.03 + 0.05 * ((i % 5) as f32);
+    unit(c.iter().map(|x| x + spread * rng.next()).collect())
+}
+
+/// `count` unit vectors of `dim` around random centres.
+pub fn centres(rng: &mut Rng, count: usize, dim: usize) -> Vec<Vec<f32>> {
+    (0..count)
+        .map(|_| unit((0..dim).map(|_| rng.next()).collect()))
+        .collect()
+}
+
+/// Commits `n` photos with CLIP-like embeddings around `centres` (in
+/// batches of 5,000), spread over 100 folders, three cameras and a few
+/// years of dates.
+pub fn fill_library(library: &mut Library, n: usize, rng: &mut Rng, centres: &[Vec<f32>]) {
+    let mut i = 0;
+    while i < n {
+        let end = (i + 5_000).min(n);
+        let changes = (i..end)
+            .map(|j| Change::Put {
+                record: Box::new(PhotoRecord {
+                    id: 0,
+                    path: format!("/photos/{}/IMG_{j:06}.jpg", j % 100),
+                    size: 3_000_000,
+                    mtime_ns: j as i64,
+                    meta: PhotoMetadata {
+                        taken_at: 1_500_000_000 + j as i64 * 600,
+                        taken_at_offset_minutes: None,
+                        taken_at_source: TakenAtSource::Exif,
+                        camera_make: Some(["Canon", "NIKON", "Apple"][j % 3].into()),
+                        camera_model: None,
+                        lens: None,
+                        gps: None,
+                        orientation: 1,
+                        width: Some(4000),
+                        height: Some(3000),
+                        bytes: 3_000_000,
+                        blake3: format!("{j:064x}"),
+                        mime: "image/jpeg".into(),
+                    },
+                    has_thumbnail: false,
+                    indexed_at: 0,
+                }),
+                embedding: Some(clip_like(rng, centres, j)),
+                thumbnail: None,
+            })
+            .collect();
+        library.commit(changes).expect("commit");
+        i = end;
+    }
+}
