@@ -3,13 +3,14 @@
 use glimpse_clip::ClipError;
 use glimpse_decoder::DecodeError;
 use glimpse_indexer::IndexError;
+use glimpse_server::ServerError;
 use glimpse_store::StoreError;
 use glimpse_tokenizer::TokenizerError;
 
 /// Shown under `--help`.
 pub const EXIT_CODES_HELP: &str =
     "Exit codes: 0 success; 1 internal error (a bug: please report it); \
-2 bad command line; 3 bad input (a file, image or text that cannot be used); \
+2 bad command line (including a --bind address that cannot be used); 3 bad input (a file, image or text that cannot be used); \
 4 model unavailable (not found, bad weights, download failed); \
 5 library unavailable (none yet, in use by another process, made with another model, damaged).";
 
@@ -29,6 +30,17 @@ pub fn code_for(e: &anyhow::Error) -> u8 {
         }
         if let Some(s) = cause.downcast_ref::<StoreError>() {
             return store_code(s);
+        }
+        if let Some(e) = cause.downcast_ref::<ServerError>() {
+            return match e {
+                ServerError::TokenRequired { .. }
+                | ServerError::BadBind { .. }
+                | ServerError::Bind { .. } => 2,
+                ServerError::Store(s) => store_code(s),
+                ServerError::Index(IndexError::Store(s)) => store_code(s),
+                ServerError::Index(_) => 3,
+                _ => 1,
+            };
         }
         if let Some(IndexError::Store(s)) = cause.downcast_ref::<IndexError>() {
             return store_code(s);

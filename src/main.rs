@@ -182,6 +182,31 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Serve the library over HTTP: a JSON API and a web page (http://127.0.0.1:7860).
+    Serve {
+        #[command(flatten)]
+        library: LibraryArgs,
+        #[command(flatten)]
+        model: OptionalModelArgs,
+        /// Address to listen on (HOST:PORT). Anything but loopback needs --token.
+        #[arg(long, default_value = glimpse_server::DEFAULT_BIND)]
+        bind: String,
+        /// Access token every API request must carry (Authorization: Bearer, or the page's cookie).
+        #[arg(long, env = "GLIMPSE_TOKEN", hide_env_values = true)]
+        token: Option<String>,
+        /// Largest accepted upload for search-by-photo, in MiB.
+        #[arg(long, default_value_t = 25)]
+        max_upload_mb: usize,
+        /// Largest accepted uploaded image, in pixels (decompression-bomb guard).
+        #[arg(long, default_value_t = glimpse_server::DEFAULT_MAX_UPLOAD_PIXELS)]
+        max_upload_pixels: u64,
+        /// Watch this folder and index changes while serving (repeatable; creates the library if needed).
+        #[arg(long, action = clap::ArgAction::Append)]
+        watch: Vec<PathBuf>,
+        /// HTTP worker threads.
+        #[arg(long, default_value_t = 2)]
+        workers: usize,
+    },
     /// Tokenize JSON lines {"text": ...} from stdin; print {"text", "ids"} per line.
     Tokenize {
         /// Number of ids per text (padded with 0; the last is EOT when truncated).
@@ -279,6 +304,27 @@ fn run(cli: Cli, sub: &ArgMatches) -> anyhow::Result<()> {
             reembed,
             watch,
             json,
+        }),
+        Command::Serve {
+            library,
+            model,
+            bind,
+            token,
+            max_upload_mb,
+            max_upload_pixels,
+            watch,
+            workers,
+        } => cmd::serve::serve(cmd::serve::ServeArgs {
+            library: library.library,
+            model: model.spec(),
+            options: glimpse_server::ServeOptions {
+                bind,
+                token,
+                max_upload_bytes: max_upload_mb.saturating_mul(1024 * 1024),
+                max_upload_pixels,
+                workers,
+            },
+            watch,
         }),
         Command::Search {
             library,

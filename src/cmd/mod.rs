@@ -3,6 +3,7 @@
 pub mod classify;
 pub mod embed;
 pub mod library;
+pub mod serve;
 pub mod tokenize;
 
 use std::path::Path;

@@ -3,10 +3,12 @@
 //! One integration binary (link time matters on 2 cores), one module per
 //! area. Fixtures live in `tests/fixtures/` (see its PROVENANCE.md).
 
+mod browser;
 mod fake_hub;
 mod hub;
 mod library;
 mod model_cli;
+mod serve;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
