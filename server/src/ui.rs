@@ -22,14 +22,8 @@ fn serve(path: &str, request: &HttpRequest) -> Result<HttpResponse, ApiError> {
         )
     })?;
     let etag = format!("\"{}\"", asset.hash);
-    if request
-        .headers()
-        .get(header::IF_NONE_MATCH)
-        .is_some_and(|v| v.as_bytes() == etag.as_bytes())
-    {
-        return Ok(HttpResponse::NotModified()
-            .insert_header((header::ETAG, etag))
-            .finish());
+    if let Some(cached) = crate::api::not_modified(request, &etag) {
+        return Ok(cached);
     }
     Ok(HttpResponse::Ok()
         .content_type(asset.mime)

@@ -82,6 +82,43 @@ fn cancel_flag() -> Arc<AtomicBool> {
     flag
 }
 
+/// Refuses photo folders that do not exist (`flag`: how the user gave them,
+/// e.g. `"--watch "`).
+pub(crate) fn check_roots(roots: &[PathBuf], flag: &str) -> anyhow::Result<()> {
+    for root in roots {
+        if !root.exists() {
+            return Err(InputError(format!(
+                "{flag}{}: no such folder; check the path to your photos",
+                root.display()
+            ))
+            .into());
+        }
+    }
+    Ok(())
+}
+
+/// The model for the library at `dir`: `given`, else the library's own,
+/// else — when a new library may be made there — the default model.
+pub(crate) fn choose_model(
+    dir: &Path,
+    given: Option<&ModelSpec>,
+    may_create: bool,
+) -> anyhow::Result<ModelSpec> {
+    let existing = match Library::open(dir) {
+        Ok(library) => Some(library.header().model.name.clone()),
+        Err(StoreError::NoLibrary { .. }) if may_create => None,
+        Err(e) => return Err(e.into()),
+    };
+    Ok(match (given, existing) {
+        (Some(spec), _) => spec.clone(),
+        (None, Some(name)) => spec_of(&name),
+        (None, None) => ModelSpec {
+            name: DEFAULT_MODEL.to_string(),
+            revision: None,
+        },
+    })
+}
+
 /// Arguments of `glimpse index`.
 pub struct IndexArgs {
     /// Folders (or files) to index.
@@ -111,29 +148,8 @@ pub struct IndexArgs {
 /// `glimpse index`.
 pub fn index(args: IndexArgs) -> anyhow::Result<()> {
     let dir = library_dir(args.library)?;
-    for root in &args.roots {
-        if !root.exists() {
-            return Err(InputError(format!(
-                "{}: no such folder; check the path to your photos",
-                root.display()
-            ))
-            .into());
-        }
-    }
-    // The model: as given, else the library's, else the default.
-    let existing = match Library::open(&dir) {
-        Ok(library) => Some(library.header().model.name.clone()),
-        Err(StoreError::NoLibrary { .. }) => None,
-        Err(e) => return Err(e.into()),
-    };
-    let spec = match (&args.model, &existing) {
-        (Some(spec), _) => spec.clone(),
-        (None, Some(name)) => spec_of(name),
-        (None, None) => ModelSpec {
-            name: DEFAULT_MODEL.to_string(),
-            revision: None,
-        },
-    };
+    check_roots(&args.roots, "")?;
+    let spec = choose_model(&dir, args.model.as_ref(), true)?;
     let clip = load_clip(&spec)?;
     let identity = model_identity(&clip);
     let mut library = Library::open_or_create(&dir, &identity, args.reembed)?;

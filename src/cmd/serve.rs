@@ -4,13 +4,12 @@
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use glimpse_config::{ModelSpec, DEFAULT_MODEL};
+use glimpse_config::ModelSpec;
 use glimpse_indexer::{model_identity, IndexOptions, WalkOptions};
 use glimpse_server::{AppState, ServeOptions};
-use glimpse_store::{Library, StoreError};
+use glimpse_store::Library;
 
-use crate::cmd::library::{library_dir, load_clip, spec_of};
-use crate::exit::InputError;
+use crate::cmd::library::{check_roots, choose_model, library_dir, load_clip};
 
 /// Arguments of `glimpse serve`.
 pub struct ServeArgs {
@@ -28,30 +27,10 @@ pub struct ServeArgs {
 pub fn serve(args: ServeArgs) -> anyhow::Result<()> {
     args.options.check()?;
     let dir = library_dir(args.library)?;
-    for root in &args.watch {
-        if !root.is_dir() {
-            return Err(InputError(format!(
-                "--watch {}: no such folder; check the path to your photos",
-                root.display()
-            ))
-            .into());
-        }
-    }
-    let existing = match Library::open(&dir) {
-        Ok(library) => Some(library.header().model.name.clone()),
-        // With folders to watch, a new library is made; without, there is
-        // nothing to serve.
-        Err(StoreError::NoLibrary { .. }) if !args.watch.is_empty() => None,
-        Err(e) => return Err(e.into()),
-    };
-    let spec = match (&args.model, &existing) {
-        (Some(spec), _) => spec.clone(),
-        (None, Some(name)) => spec_of(name),
-        (None, None) => ModelSpec {
-            name: DEFAULT_MODEL.to_string(),
-            revision: None,
-        },
-    };
+    check_roots(&args.watch, "--watch ")?;
+    // With folders to watch, a new library is made; without, there is
+    // nothing to serve.
+    let spec = choose_model(&dir, args.model.as_ref(), !args.watch.is_empty())?;
     let clip = Arc::new(load_clip(&spec)?);
     let library = Library::open_or_create(&dir, &model_identity(&clip), false)?;
     let state = AppState::new(library, clip, args.options)?;

@@ -6,7 +6,8 @@ pub(crate) mod photos;
 pub(crate) mod search;
 pub(crate) mod status;
 
-use actix_web::web;
+use actix_web::http::header;
+use actix_web::{web, HttpRequest, HttpResponse};
 use glimpse_store::{format_iso, PhotoRecord};
 use serde::Serialize;
 
@@ -54,6 +55,19 @@ impl PhotoJson {
             original: format!("/api/photos/{}/original", record.id),
         }
     }
+}
+
+/// `304 Not Modified` when the request already holds this `etag`.
+pub(crate) fn not_modified(request: &HttpRequest, etag: &str) -> Option<HttpResponse> {
+    request
+        .headers()
+        .get(header::IF_NONE_MATCH)
+        .is_some_and(|v| v.as_bytes() == etag.as_bytes())
+        .then(|| {
+            HttpResponse::NotModified()
+                .insert_header((header::ETAG, etag.to_string()))
+                .finish()
+        })
 }
 
 /// Runs blocking work (library access, decoding) on actix's blocking pool.

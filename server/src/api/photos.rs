@@ -72,14 +72,8 @@ pub(crate) async fn thumbnail(
 ) -> Result<HttpResponse, ApiError> {
     let r = record(&state, &id).await?;
     let etag = format!("\"{}\"", r.meta.blake3.get(..16).unwrap_or_default());
-    if request
-        .headers()
-        .get(header::IF_NONE_MATCH)
-        .is_some_and(|v| v.as_bytes() == etag.as_bytes())
-    {
-        return Ok(HttpResponse::NotModified()
-            .insert_header((header::ETAG, etag))
-            .finish());
+    if let Some(cached) = super::not_modified(&request, &etag) {
+        return Ok(cached);
     }
     let no_thumbnail = || {
         ApiError::new(
