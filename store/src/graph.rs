@@ -117,11 +117,13 @@ impl VectorGraph {
 
     /// Inserts the vectors of `set` that are newer than the graph.
     pub(crate) fn insert_newer(&mut self, set: &VectorSet) {
-        let new: Vec<(&[f32], usize)> = set
+        // The graph holds the (dequantised) vectors the scan sees.
+        let owned: Vec<(Vec<f32>, usize)> = set
             .rows()
             .filter(|(_, vid, _)| *vid > self.max_vid || self.points == 0)
             .map(|(_, vid, v)| (v, vid as usize))
             .collect();
+        let new: Vec<(&[f32], usize)> = owned.iter().map(|(v, vid)| (v.as_slice(), *vid)).collect();
         if new.is_empty() {
             return;
         }

@@ -337,10 +337,9 @@ impl Library {
     }
 
     /// The stored embedding of photo `id` (unit length).
+    /// Always the exact f32 vector from the database (the in-memory copy
+    /// used for scanning is quantised).
     pub fn embedding(&self, id: u64) -> Result<Option<Vec<f32>>, StoreError> {
-        if let Some(set) = &self.vectors {
-            return Ok(set.get(id).map(<[f32]>::to_vec));
-        }
         match get(&self.dir, &self.db, &keys::with_id(keys::EMBEDDING, id))? {
             Some(v) => Ok(keys::decode_embedding(&v).map(|(_, e)| e)),
             None => Ok(None),
@@ -351,7 +350,7 @@ impl Library {
     /// library is switched to another model).
     pub fn has_embedding(&self, id: u64) -> Result<bool, StoreError> {
         if let Some(set) = &self.vectors {
-            return Ok(set.get(id).is_some());
+            return Ok(set.contains(id));
         }
         self.db
             .contains_key(keys::with_id(keys::EMBEDDING, id))
@@ -818,7 +817,7 @@ impl Library {
             }
             // The graph must find each vector as its own nearest neighbour.
             let keep = |candidate: u64| candidate == id;
-            let found = graph.search(set, vector, 1, 16, Some(&keep));
+            let found = graph.search(set, &vector, 1, 16, Some(&keep));
             if found.first().map(|f| f.0) != Some(id) {
                 return Ok(Some(format!("the graph does not find photo {id}")));
             }

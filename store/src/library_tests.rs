@@ -344,6 +344,30 @@ fn graph_recall_at_10_on_10k_vectors() {
     let recall = found as f64 / total as f64;
     println!("recall@10 = {recall:.4} on {n} vectors");
     assert!(recall >= 0.98, "recall@10 {recall}");
+    // The int8 scan plus exact re-scoring against f32 brute force: the same
+    // top 10, with exact scores.
+    let (mut same, mut all) = (0, 0);
+    for query in &vectors[n..n + 50] {
+        let mut truth: Vec<(usize, f32)> = (0..n)
+            .map(|i| (i, crate::vectors::dot(query, &vectors[i])))
+            .collect();
+        truth.sort_by(|a, b| b.1.total_cmp(&a.1));
+        let mut r = request(query.clone(), 10);
+        r.method = SearchMethod::Exact;
+        let hits = lib.search(&r).unwrap().hits;
+        for hit in &hits {
+            let exact = crate::vectors::dot(query, &vectors[(hit.id - 1) as usize]);
+            assert!((hit.score - exact).abs() < 1e-6, "{} vs {exact}", hit.score);
+        }
+        all += 10;
+        same += truth[..10]
+            .iter()
+            .filter(|(i, _)| hits.iter().any(|h| h.id == *i as u64 + 1))
+            .count();
+    }
+    let overlap = same as f64 / all as f64;
+    println!("int8 scan top-10 overlap with f32 = {overlap:.4}");
+    assert!(overlap >= 0.99, "top-10 overlap {overlap}");
     // And through the public search with the graph forced.
     let mut r = request(vectors[7].clone(), 1);
     r.method = SearchMethod::Graph;

@@ -345,23 +345,32 @@ impl Library {
         // Fetch more than a page when fusing with keyword hits.
         let fusing = !request.keywords.trim().is_empty();
         let depth = if fusing { want * 2 + 50 } else { want };
+        // The scan and the graph rank by quantised vectors: take a margin
+        // of candidates, re-score them exactly, keep `depth`.
+        let scan_depth = depth + depth / 4 + 8;
         let keep_ref: Option<&(dyn Fn(u64) -> bool + Sync)> =
             if restricted { Some(&keep) } else { None };
         let semantic = match method {
             SearchMethod::Graph => {
                 let (graph, set) = self.graph()?;
-                let found =
-                    graph.search(set, &request.vector, depth, GRAPH_EF.max(depth), keep_ref);
-                if found.len() < depth.min(candidates) {
+                let found = graph.search(
+                    set,
+                    &request.vector,
+                    scan_depth,
+                    GRAPH_EF.max(scan_depth),
+                    keep_ref,
+                );
+                if found.len() < scan_depth.min(candidates) {
                     // A restrictive filter starved the graph: scan instead.
-                    set.top_k(&request.vector, depth, keep_ref)
+                    set.top_k(&request.vector, scan_depth, keep_ref)
                 } else {
                     found
                 }
             }
-            _ => self.vectors()?.top_k(&request.vector, depth, keep_ref),
+            _ => self.vectors()?.top_k(&request.vector, scan_depth, keep_ref),
         };
 
+        let semantic = self.rerank(&request.vector, semantic, depth)?;
         let ranked: Vec<(u64, Option<usize>)> = if fusing {
             let keyword_hits: Vec<u64> = self
                 .keywords()?
@@ -398,6 +407,27 @@ impl Library {
             method,
             candidates,
         })
+    }
+
+    /// `candidates` re-scored with the exact f32 embeddings from the
+    /// database, best first, at most `depth`.
+    fn rerank(
+        &self,
+        vector: &[f32],
+        candidates: Vec<(u64, f32)>,
+        depth: usize,
+    ) -> Result<Vec<(u64, f32)>, StoreError> {
+        let mut exact = Vec::with_capacity(candidates.len());
+        for (id, approximate) in candidates {
+            let score = match self.embedding(id)? {
+                Some(stored) => crate::vectors::dot(&stored, vector),
+                None => approximate,
+            };
+            exact.push((id, score));
+        }
+        exact.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
+        exact.truncate(depth);
+        Ok(exact)
     }
 
     /// The distribution of `vector`'s cosine to (a sample of at most
