@@ -115,6 +115,7 @@ impl VectorSet {
     }
 
     /// Photo `id`'s vector as kept (dequantised: approximate).
+    #[cfg(test)]
     pub(crate) fn get(&self, id: u64) -> Option<Vec<f32>> {
         let row = *self.row_of_id.get(&id)?;
         Some(self.dequantize(row))
