@@ -3,14 +3,17 @@
 //! real shapes (pretrained weights cannot be downloaded here; speed does not
 //! depend on the values). Prints one JSON report.
 //!
-//! `cargo bench --bench model` (add `-- --quick` for fewer repetitions).
+//! `cargo bench --bench model` (add `-- --quick` for fewer repetitions,
+//! `--query-only` or `--images-only` for one half). Queries are timed and
+//! compared with fp32 (minimum cosine over five probes) for each query
+//! precision.
 
 use std::collections::HashMap;
 use std::time::Instant;
 
 use candle_core::{DType, Device, Tensor};
 use candle_nn::VarBuilder;
-use glimpse_clip::{ClipConfig, ClipModel};
+use glimpse_clip::{ClipConfig, ClipModel, Precision};
 use glimpse_tokenizer::Tokenizer;
 
 fn random_model(cfg: &ClipConfig) -> ClipModel {
@@ -30,6 +33,12 @@ fn random_model(cfg: &ClipConfig) -> ClipModel {
         })
         .collect();
     ClipModel::new(cfg, VarBuilder::from_tensors(tensors, DType::F32, &dev)).unwrap()
+}
+
+fn normalised(t: &Tensor) -> Vec<f32> {
+    let v = t.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+    let norm = v.iter().map(|x| x * x).sum::<f32>().sqrt();
+    v.iter().map(|x| x / norm).collect()
 }
 
 fn median(xs: &mut [f64]) -> f64 {
@@ -66,7 +75,7 @@ fn main() {
     let quick = std::env::args().any(|a| a == "--quick");
     let gflops = matmul_gflops();
     let cfg = ClipConfig::vit_b_32();
-    let model = random_model(&cfg);
+    let mut model = random_model(&cfg);
     let s = cfg.vision_config.image_size;
     let query_only = std::env::args().any(|a| a == "--query-only");
     let mut images = serde_json::Map::new();
@@ -117,40 +126,64 @@ fn main() {
     let tokenizer = Tokenizer::clip();
     let query = "a dog running on the beach";
     let ids = tokenizer.tokenize_unpadded(query, 77).unwrap();
-    let runs = if quick { 20 } else { 200 };
-    let mut lat = Vec::with_capacity(runs);
-    let mut lat_encode_only = Vec::with_capacity(runs);
-    for _ in 0..5 {
-        model.text_features(std::slice::from_ref(&ids)).unwrap();
-    }
-    for _ in 0..runs {
-        let t = Instant::now();
-        let ids = tokenizer.tokenize_unpadded(query, 77).unwrap();
-        let t2 = Instant::now();
-        model.text_features(&[ids]).unwrap();
-        lat_encode_only.push(t2.elapsed().as_secs_f64() * 1e3);
-        lat.push(t.elapsed().as_secs_f64() * 1e3);
-    }
-    // The full 77-token sequence, for comparison with encoders that do not stop at EOT.
-    let mut padded = ids.clone();
-    padded.resize(77, 0);
-    let mut lat77: Vec<f64> = (0..runs / 4)
-        .map(|_| {
-            let t = Instant::now();
-            model.text_features(&[padded.clone()]).unwrap();
-            t.elapsed().as_secs_f64() * 1e3
-        })
+    // Queries for the cosine check: short and long, different words.
+    let probes: Vec<Vec<u32>> = [
+        query,
+        "kids building a sandcastle at sunset",
+        "red car",
+        "a black and white photo of an old lighthouse on a rocky coast in winter",
+        "birthday cake with candles",
+    ]
+    .iter()
+    .map(|t| tokenizer.tokenize_unpadded(t, 77).unwrap())
+    .collect();
+    let reference: Vec<Vec<f32>> = probes
+        .iter()
+        .map(|p| normalised(&model.text_features(std::slice::from_ref(p)).unwrap()))
         .collect();
+    let runs = if quick { 20 } else { 200 };
+    let mut queries = serde_json::Map::new();
+    for precision in [Precision::Fp32, Precision::Bf16, Precision::Int8] {
+        let copy_bytes = model.set_query_precision(precision).unwrap();
+        let min_cosine = probes
+            .iter()
+            .zip(&reference)
+            .map(|(p, want)| {
+                let got = normalised(&model.text_features(std::slice::from_ref(p)).unwrap());
+                got.iter().zip(want).map(|(a, b)| a * b).sum::<f32>()
+            })
+            .fold(1f32, f32::min);
+        let mut lat = Vec::with_capacity(runs);
+        let mut lat_encode_only = Vec::with_capacity(runs);
+        for _ in 0..5 {
+            model.text_features(std::slice::from_ref(&ids)).unwrap();
+        }
+        for _ in 0..runs {
+            let t = Instant::now();
+            let ids = tokenizer.tokenize_unpadded(query, 77).unwrap();
+            let t2 = Instant::now();
+            model.text_features(&[ids]).unwrap();
+            lat_encode_only.push(t2.elapsed().as_secs_f64() * 1e3);
+            lat.push(t.elapsed().as_secs_f64() * 1e3);
+        }
+        queries.insert(
+            precision.name().to_string(),
+            serde_json::json!({
+                "latency_ms_p50": median(&mut lat),
+                "latency_ms_p99": percentile(&mut lat, 0.99),
+                "encode_only_ms_p50": median(&mut lat_encode_only),
+                "min_cosine_to_fp32": min_cosine,
+                "weight_copy_mb": copy_bytes as f64 / 1e6,
+            }),
+        );
+    }
     let report = serde_json::json!({
         "model": "random-weight ViT-B/32 (openai/clip-vit-base-patch32 shapes)",
-        "precision": "fp32",
+        "image_precision": "fp32",
         "threads": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1),
         "image_embeddings_per_s": images,
         "baseline": baseline,
-        "query": {"text": query, "tokens": ids.len(),
-                  "latency_ms_p50": median(&mut lat), "latency_ms_p99": percentile(&mut lat, 0.99),
-                  "encode_only_ms_p50": median(&mut lat_encode_only),
-                  "full_77_tokens_ms_p50": median(&mut lat77)},
+        "query": {"text": query, "tokens": ids.len(), "by_precision": queries},
     });
     println!("{}", serde_json::to_string_pretty(&report).unwrap());
 }

@@ -5,7 +5,8 @@
 //! on a loopback port (in this process, as `glimpse serve` would), and runs
 //! C concurrent clients (default 8; `--clients`) for D seconds (default 30;
 //! `--seconds`), each sending text searches from a list of 5–10 word queries
-//! (`GET /api/search?q=…&k=50`) over keep-alive connections. Reports
+//! (`GET /api/search?q=…&k=50`) over keep-alive connections, with text
+//! queries at `--precision` (default auto, as `glimpse serve`). Reports
 //! requests/s, latency p50/p90/p99/max and errors (anything but 200).
 //!
 //! The model is the tiny fixture unless `GLIMPSE_BENCH_VITB32` names a
@@ -20,7 +21,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use glimpse_clip::Clip;
+use glimpse_clip::{Clip, Precision};
 use glimpse_indexer::model_identity;
 use glimpse_server::{AppState, ServeOptions};
 use glimpse_store::Library;
@@ -70,7 +71,21 @@ fn main() {
         .unwrap_or_else(|_| {
             PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/clip-tiny-hf")
         });
-    let clip = Arc::new(Clip::load_dir(&model, &candle_core::Device::Cpu).expect("model loads"));
+    // Queries at the precision `glimpse serve` uses by default (auto), or
+    // `--precision fp32|bf16|int8`.
+    let args: Vec<String> = std::env::args().collect();
+    let precision: Precision = args
+        .iter()
+        .position(|a| a == "--precision")
+        .and_then(|i| args.get(i + 1))
+        .map_or("auto", |s| s.as_str())
+        .parse()
+        .expect("--precision fp32|bf16|int8|auto");
+    let mut clip = Clip::load_dir(&model, &candle_core::Device::Cpu).expect("model loads");
+    clip.set_query_precision(precision)
+        .expect("reduced-precision weights");
+    let query_precision = clip.query_precision().name();
+    let clip = Arc::new(clip);
     let dir = tempfile::tempdir().expect("temp dir");
     let built = Instant::now();
     {
@@ -154,6 +169,7 @@ fn main() {
     let report = json!({
         "benchmark": "server",
         "model": model.display().to_string(),
+        "query_precision": query_precision,
         "photos": n,
         "clients": clients,
         "seconds": elapsed,

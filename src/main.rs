@@ -12,6 +12,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{ArgMatches, CommandFactory, FromArgMatches, Parser, Subcommand};
+use glimpse_clip::Precision;
 use glimpse_config::{AlphaMode, ModelSpec, DEFAULT_MODEL, ENV_MODEL};
 
 /// Semantic photo search: find photos by describing them.
@@ -38,15 +39,20 @@ struct ModelArgs {
     /// Refuse images with more pixels than this (decompression-bomb guard; Pillow's limit by default).
     #[arg(long, default_value_t = glimpse_config::PILLOW_MAX_PIXELS)]
     max_pixels: u64,
+    /// Weights texts run on: fp32 (default; matches the reference), bf16, int8 or auto (see `serve`).
+    #[arg(long, default_value = "fp32")]
+    precision: Precision,
 }
 
-/// How the user wants images read, applied on top of the model's recipe.
+/// How the user wants inputs read, applied on top of the model's recipe.
 #[derive(Debug, Clone, Copy)]
 pub struct ImageOptions {
     /// Alpha handling.
     pub alpha: AlphaMode,
     /// Pixel limit.
     pub max_pixels: u64,
+    /// Precision of the text path.
+    pub precision: Precision,
 }
 
 impl ModelArgs {
@@ -54,6 +60,7 @@ impl ModelArgs {
         ImageOptions {
             alpha: self.alpha,
             max_pixels: self.max_pixels,
+            precision: self.precision,
         }
     }
 
@@ -136,6 +143,9 @@ enum Command {
         library: LibraryArgs,
         #[command(flatten)]
         model: OptionalModelArgs,
+        /// Weights the query runs on: fp32 (default; exact), bf16, int8 or auto (see `serve`).
+        #[arg(long, default_value = "fp32")]
+        precision: Precision,
         /// What the photos show; `w:term` weights a term, `-term` pushes it away.
         query: Vec<String>,
         /// Find photos like this one (indexed or not).
@@ -188,6 +198,10 @@ enum Command {
         library: LibraryArgs,
         #[command(flatten)]
         model: OptionalModelArgs,
+        /// Weights text queries run on: fp32, bf16, int8, or auto (int8 if every probe sentence
+        /// keeps cosine ≥ 0.999 to fp32, else bf16 under the same test, else fp32).
+        #[arg(long, env = "GLIMPSE_PRECISION", default_value = "auto")]
+        precision: Precision,
         /// Address to listen on (HOST:PORT). Anything but loopback needs --token.
         #[arg(long, default_value = glimpse_server::DEFAULT_BIND)]
         bind: String,
@@ -308,6 +322,7 @@ fn run(cli: Cli, sub: &ArgMatches) -> anyhow::Result<()> {
         Command::Serve {
             library,
             model,
+            precision,
             bind,
             token,
             max_upload_mb,
@@ -317,6 +332,7 @@ fn run(cli: Cli, sub: &ArgMatches) -> anyhow::Result<()> {
         } => cmd::serve::serve(cmd::serve::ServeArgs {
             library: library.library,
             model: model.spec(),
+            precision,
             options: glimpse_server::ServeOptions {
                 bind,
                 token,
@@ -329,6 +345,7 @@ fn run(cli: Cli, sub: &ArgMatches) -> anyhow::Result<()> {
         Command::Search {
             library,
             model,
+            precision,
             query,
             like,
             k,
@@ -344,6 +361,7 @@ fn run(cli: Cli, sub: &ArgMatches) -> anyhow::Result<()> {
             like,
             library: library.library,
             model: model.spec(),
+            precision,
             k,
             offset,
             after,

@@ -14,6 +14,7 @@ use crate::config::ClipConfig;
 use crate::error::ClipError;
 use crate::hub::resolve_model;
 use crate::model::ClipModel;
+use crate::precision::Precision;
 use crate::text::l2_normalize;
 
 /// A CLIP ready for inference, from detached weights (no autograd graph).
@@ -25,6 +26,33 @@ pub struct Clip {
     name: String,
     fingerprint: String,
     device: Device,
+    query_check: Option<QueryPrecisionCheck>,
+}
+
+/// The smallest cosine to fp32 that `auto` accepts for query embeddings.
+pub const AUTO_MIN_COSINE: f32 = 0.999;
+
+/// Sentences of different lengths and subjects that a reduced-precision
+/// query path is checked on when it is set.
+const PROBES: [&str; 6] = [
+    "a dog running on the beach",
+    "kids building a sandcastle at sunset",
+    "red car",
+    "a black and white photo of an old lighthouse on a rocky coast in winter",
+    "birthday cake with candles",
+    "",
+];
+
+/// The outcome of [`Clip::set_query_precision`]'s comparison with fp32.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct QueryPrecisionCheck {
+    /// The precision in use.
+    pub precision: Precision,
+    /// The smallest cosine between a probe's embedding in this precision and
+    /// in fp32.
+    pub min_cosine: f32,
+    /// Bytes of the reduced-precision weight copies.
+    pub bytes: usize,
 }
 
 impl std::fmt::Debug for Clip {
@@ -82,6 +110,7 @@ impl Clip {
             layout: files.layout,
             name: dir.display().to_string(),
             device: device.clone(),
+            query_check: None,
         })
     }
 
@@ -112,6 +141,72 @@ impl Clip {
     /// The checkpoint layout it was loaded from.
     pub fn layout(&self) -> Layout {
         self.layout
+    }
+
+    /// Makes text queries read reduced-precision copies of the text tower's
+    /// weights (see [`Precision`]) and checks them against fp32 on a set of
+    /// probe sentences. `Auto` takes int8 if every probe keeps a cosine of at
+    /// least [`AUTO_MIN_COSINE`] to its fp32 embedding, else bf16 under the
+    /// same test, else fp32 — so a checkpoint whose weights quantise badly
+    /// is caught when it loads, not in search results. An explicit choice is
+    /// kept whatever the cosine (see [`Clip::query_precision_check`]).
+    pub fn set_query_precision(&mut self, precision: Precision) -> Result<(), ClipError> {
+        self.model.set_query_precision(Precision::Fp32)?;
+        self.query_check = None;
+        let candidates: &[Precision] = match precision.resolve() {
+            Precision::Fp32 => return Ok(()),
+            _ if precision == Precision::Auto => &[Precision::Int8, Precision::Bf16],
+            Precision::Int8 => &[Precision::Int8],
+            _ => &[Precision::Bf16],
+        };
+        let ids = PROBES
+            .iter()
+            .map(|t| self.tokenize(t))
+            .collect::<Result<Vec<_>, _>>()?;
+        let reference = self.probe_embeddings(&ids)?;
+        for &candidate in candidates {
+            let bytes = self.model.set_query_precision(candidate)?;
+            let got = self.probe_embeddings(&ids)?;
+            let min_cosine = reference
+                .iter()
+                .zip(&got)
+                .map(|(a, b)| a.iter().zip(b).map(|(x, y)| x * y).sum::<f32>())
+                .fold(1f32, f32::min);
+            let check = QueryPrecisionCheck {
+                precision: candidate,
+                min_cosine,
+                bytes,
+            };
+            if precision != Precision::Auto || min_cosine >= AUTO_MIN_COSINE {
+                self.query_check = Some(check);
+                return Ok(());
+            }
+        }
+        self.model.set_query_precision(Precision::Fp32)?;
+        Ok(())
+    }
+
+    /// Normalised embeddings of each probe, one query at a time (the path
+    /// the reduced-precision copies serve).
+    fn probe_embeddings(&self, ids: &[Vec<u32>]) -> Result<Vec<Vec<f32>>, ClipError> {
+        ids.iter()
+            .map(|one| {
+                let f = self.model.text_features(std::slice::from_ref(one))?;
+                Ok(rows(&f, false)?.remove(0))
+            })
+            .collect()
+    }
+
+    /// The precision text queries run in (fp32 until
+    /// [`Clip::set_query_precision`] picks another).
+    pub fn query_precision(&self) -> Precision {
+        self.model.query_precision()
+    }
+
+    /// How the reduced-precision query path compared with fp32 when it was
+    /// set (`None` for fp32).
+    pub fn query_precision_check(&self) -> Option<&QueryPrecisionCheck> {
+        self.query_check.as_ref()
     }
 
     /// The network.

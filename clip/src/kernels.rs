@@ -76,28 +76,7 @@ impl CustomOp2 for SmallMatmulT {
         else {
             candle_core::bail!("small matmul takes contiguous tensors")
         };
-        let (x, w) = (&x[xa..xb], &w[wa..wb]);
-        // Each task owns a block of weight rows (streamed from memory once)
-        // and computes their outputs for all m input rows; the result is
-        // assembled transposed ([n, m]) and turned back at the end.
-        let mut out_t = vec![0f32; n * m];
-        // One contiguous share of the weights per thread: each streams its
-        // share from memory in order, which the prefetchers follow best.
-        let rows_per_task = 32;
-        out_t
-            .par_chunks_mut(rows_per_task * m)
-            .enumerate()
-            .for_each(|(block, out)| {
-                let first = block * rows_per_task;
-                let rows = out.len() / m;
-                rows_times_weights(x, m, k, &w[first * k..(first + rows) * k], out);
-            });
-        let mut out = vec![0f32; m * n];
-        for j in 0..n {
-            for i in 0..m {
-                out[i * n + j] = out_t[j * m + i];
-            }
-        }
+        let out = few_rows_times_weights(&x[xa..xb], m, k, &w[wa..wb], None);
         Ok((CpuStorage::F32(out), Shape::from((m, n))))
     }
 }
@@ -144,44 +123,192 @@ fn activate_generic(act: Activation, s: &[f32], d: &mut [f32]) {
     }
 }
 
-fn dot(a: &[f32], b: &[f32]) -> f32 {
+/// An element type the few-row kernel streams weights in: `f32`, bf16 bits
+/// (`u16`) or int8 codes with a per-row scale. Each is widened to f32 in
+/// registers; the sums are f32.
+pub(crate) trait WeightElem: Copy + Send + Sync + 'static {
+    /// The value as f32 (before any per-row scale).
+    fn to_f32(self) -> f32;
+
+    /// Eight consecutive elements widened to f32.
+    ///
+    /// # Safety
+    /// `p` must point at eight readable elements and the CPU must have AVX2.
     #[cfg(target_arch = "x86_64")]
-    if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {
-        // SAFETY: the CPU has the features the function is compiled for.
-        return unsafe { dot_avx2(a, b) };
+    unsafe fn load8(p: *const Self) -> std::arch::x86_64::__m256;
+}
+
+impl WeightElem for f32 {
+    #[inline(always)]
+    fn to_f32(self) -> f32 {
+        self
     }
-    dot_generic(a, b)
+
+    #[cfg(target_arch = "x86_64")]
+    #[inline(always)]
+    unsafe fn load8(p: *const Self) -> std::arch::x86_64::__m256 {
+        std::arch::x86_64::_mm256_loadu_ps(p)
+    }
 }
 
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma")]
-unsafe fn dot_avx2(a: &[f32], b: &[f32]) -> f32 {
-    dot_generic(a, b)
+/// bf16: the high half of an f32's bits.
+impl WeightElem for u16 {
+    #[inline(always)]
+    fn to_f32(self) -> f32 {
+        f32::from_bits((self as u32) << 16)
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    #[inline(always)]
+    unsafe fn load8(p: *const Self) -> std::arch::x86_64::__m256 {
+        use std::arch::x86_64::*;
+        let h = _mm_loadu_si128(p.cast());
+        _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(h), 16))
+    }
 }
 
-/// Dot product with 32 independent partial sums, so the compiler vectorises
-/// it (float addition is not reassociated otherwise).
-#[inline(always)]
-fn dot_generic(a: &[f32], b: &[f32]) -> f32 {
-    const L: usize = 32;
-    let mut acc = [0f32; L];
-    let (ac, bc) = (a.chunks_exact(L), b.chunks_exact(L));
-    let (ar, br) = (ac.remainder(), bc.remainder());
-    for (x, y) in ac.zip(bc) {
-        for l in 0..L {
-            acc[l] = x[l].mul_add(y[l], acc[l]);
+impl WeightElem for i8 {
+    #[inline(always)]
+    fn to_f32(self) -> f32 {
+        self as f32
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    #[inline(always)]
+    unsafe fn load8(p: *const Self) -> std::arch::x86_64::__m256 {
+        use std::arch::x86_64::*;
+        let b = _mm_loadl_epi64(p.cast());
+        _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(b))
+    }
+}
+
+/// `x · wᵀ` (`[m, n]`, row-major) for `x` `[m, k]` and weights `w` `[n, k]`
+/// in any [`WeightElem`], each weight row `j` multiplied by `scales[j]` when
+/// given. Weight rows are split among threads in contiguous shares, each
+/// streamed from memory once whatever `m` is.
+pub(crate) fn few_rows_times_weights<T: WeightElem>(
+    x: &[f32],
+    m: usize,
+    k: usize,
+    w: &[T],
+    scales: Option<&[f32]>,
+) -> Vec<f32> {
+    let n = w.len().checked_div(k).unwrap_or(0);
+    let mut out_t = vec![0f32; n * m];
+    if m == 0 || n == 0 {
+        return out_t;
+    }
+    // A few long contiguous shares (each streamed in order, which the
+    // prefetch keeps ahead of), enough of them to balance two threads.
+    let rows_per_task = n.div_ceil(4 * rayon::current_num_threads()).max(32);
+    out_t
+        .par_chunks_mut(rows_per_task * m)
+        .enumerate()
+        .for_each(|(block, out)| {
+            let first = block * rows_per_task;
+            let rows = out.len() / m;
+            rows_times_weights(x, m, k, &w[first * k..(first + rows) * k], out);
+            if let Some(scales) = scales {
+                for (o, s) in out.chunks_exact_mut(m).zip(&scales[first..first + rows]) {
+                    o.iter_mut().for_each(|v| *v *= s);
+                }
+            }
+        });
+    let mut out = vec![0f32; m * n];
+    for j in 0..n {
+        for i in 0..m {
+            out[i * n + j] = out_t[j * m + i];
         }
     }
-    let mut tail = 0f32;
-    for (x, y) in ar.iter().zip(br) {
-        tail = x.mul_add(*y, tail);
+    out
+}
+
+/// Output columns per packed panel (two AVX2 vectors).
+pub(crate) const PANEL: usize = 16;
+
+/// Packs `[n, k]` weights (PyTorch `[out, in]`) into panels of [`PANEL`]
+/// output columns, each `[k][PANEL]` contiguous (the last one zero-padded),
+/// so that a product streams each panel once, in order.
+pub(crate) fn pack_panels<T: Copy + Default>(w: &[T], n: usize, k: usize) -> Vec<T> {
+    let panels = n.div_ceil(PANEL);
+    let mut packed = vec![T::default(); panels * k * PANEL];
+    for (j, row) in w.chunks_exact(k.max(1)).take(n).enumerate() {
+        let (q, c) = (j / PANEL, j % PANEL);
+        let panel = &mut packed[q * k * PANEL..(q + 1) * k * PANEL];
+        for (p, &v) in row.iter().enumerate() {
+            panel[p * PANEL + c] = v;
+        }
     }
-    acc.iter().sum::<f32>() + tail
+    packed
+}
+
+/// `x · wᵀ` (`[m, n]`, row-major) for `x` `[m, k]` and weights packed by
+/// [`pack_panels`], column `j` multiplied by `scales[j]` when given. Panels
+/// are split among threads in contiguous shares.
+pub(crate) fn few_rows_times_panels<T: WeightElem>(
+    x: &[f32],
+    m: usize,
+    k: usize,
+    packed: &[T],
+    n: usize,
+    scales: Option<&[f32]>,
+) -> Vec<f32> {
+    let panels = n.div_ceil(PANEL);
+    let mut by_panel = vec![0f32; panels * m * PANEL];
+    if m > 0 && k > 0 {
+        let per_task = panels.div_ceil(2 * rayon::current_num_threads()).max(1);
+        by_panel
+            .par_chunks_mut(per_task * m * PANEL)
+            .enumerate()
+            .for_each(|(task, out)| {
+                let first = task * per_task;
+                for (q, out) in out.chunks_exact_mut(m * PANEL).enumerate() {
+                    let q = first + q;
+                    let panel = &packed[q * k * PANEL..(q + 1) * k * PANEL];
+                    panel_product(x, m, k, panel, out);
+                }
+            });
+    }
+    let mut out = vec![0f32; m * n];
+    for (q, block) in by_panel.chunks_exact(m * PANEL).enumerate() {
+        let cols = PANEL.min(n - q * PANEL);
+        for i in 0..m {
+            let dst = &mut out[i * n + q * PANEL..i * n + q * PANEL + cols];
+            dst.copy_from_slice(&block[i * PANEL..i * PANEL + cols]);
+            if let Some(scales) = scales {
+                for (v, s) in dst.iter_mut().zip(&scales[q * PANEL..]) {
+                    *v *= s;
+                }
+            }
+        }
+    }
+    out
+}
+
+/// `out[i * PANEL + c] = x_i · panel[.., c]` for one packed panel.
+fn panel_product<T: WeightElem>(x: &[f32], m: usize, k: usize, panel: &[T], out: &mut [f32]) {
+    assert!(x.len() >= m * k && panel.len() >= k * PANEL && out.len() >= m * PANEL);
+    #[cfg(target_arch = "x86_64")]
+    if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {
+        // SAFETY: the CPU has the features the function is compiled for;
+        // the slice lengths were checked above.
+        unsafe { avx2::panel_product(x, m, k, panel, out) };
+        return;
+    }
+    out.fill(0.0);
+    for i in 0..m {
+        for p in 0..k {
+            let xv = x[i * k + p];
+            for c in 0..PANEL {
+                out[i * PANEL + c] = xv.mul_add(panel[p * PANEL + c].to_f32(), out[i * PANEL + c]);
+            }
+        }
+    }
 }
 
 /// `out[j * m + i] = x_i · w_j` for the `m` rows of `x` and every row of `w`
 /// (both row-major with `k` columns).
-fn rows_times_weights(x: &[f32], m: usize, k: usize, w: &[f32], out: &mut [f32]) {
+fn rows_times_weights<T: WeightElem>(x: &[f32], m: usize, k: usize, w: &[T], out: &mut [f32]) {
     #[cfg(target_arch = "x86_64")]
     if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {
         // SAFETY: the CPU has the features the function is compiled for;
@@ -191,32 +318,63 @@ fn rows_times_weights(x: &[f32], m: usize, k: usize, w: &[f32], out: &mut [f32])
     }
     for (j, wr) in w.chunks_exact(k).enumerate() {
         for i in 0..m {
-            out[j * m + i] = dot(&x[i * k..(i + 1) * k], wr);
+            let xr = &x[i * k..(i + 1) * k];
+            out[j * m + i] = xr
+                .iter()
+                .zip(wr)
+                .fold(0f32, |acc, (a, b)| a.mul_add(b.to_f32(), acc));
         }
     }
 }
 
 #[cfg(target_arch = "x86_64")]
 mod avx2 {
+    use super::WeightElem;
     use std::arch::x86_64::*;
 
-    /// Register-blocked: 4 input rows × 2 weight rows per pass over `k`
-    /// (6 loads per 8 fused multiply-adds), smaller blocks at the edges.
+    /// How far ahead of the rows being multiplied their successors are
+    /// prefetched.
+    const PREFETCH_AHEAD: usize = 4096;
+
+    /// Register-blocked: up to 4 input rows × 2 weight rows per pass over
+    /// `k` (6 loads per 8 fused multiply-adds), smaller blocks at the edges.
     #[target_feature(enable = "avx2,fma")]
-    pub unsafe fn rows_times_weights(x: &[f32], m: usize, k: usize, w: &[f32], out: &mut [f32]) {
+    pub unsafe fn rows_times_weights<T: WeightElem>(
+        x: &[f32],
+        m: usize,
+        k: usize,
+        w: &[T],
+        out: &mut [f32],
+    ) {
         let n = w.len() / k;
         assert!(x.len() >= m * k && out.len() >= n * m);
+        // Weight rows are short streams (0.5–8 KiB) that the hardware
+        // prefetchers pick up too late; ask for the bytes a few blocks ahead.
+        let bytes = std::mem::size_of_val(w);
+        let base = w.as_ptr().cast::<i8>();
+        let row_bytes = k * std::mem::size_of::<T>();
         let mut j = 0;
         while j < n {
             let c = if j + 2 <= n { 2 } else { 1 };
+            let from = ((j + c) * row_bytes + PREFETCH_AHEAD).min(bytes);
+            let to = ((j + 2 * c) * row_bytes + PREFETCH_AHEAD).min(bytes);
+            let mut at = from & !63;
+            while at < to {
+                _mm_prefetch::<_MM_HINT_T0>(base.add(at));
+                at += 64;
+            }
             let mut i = 0;
             while i < m {
-                let r = if i + 4 <= m { 4 } else { 1 };
+                let r = (m - i).min(4);
                 match (r, c) {
-                    (4, 2) => block::<4, 2>(x, k, w, out, m, i, j),
-                    (4, _) => block::<4, 1>(x, k, w, out, m, i, j),
-                    (_, 2) => block::<1, 2>(x, k, w, out, m, i, j),
-                    _ => block::<1, 1>(x, k, w, out, m, i, j),
+                    (4, 2) => block::<T, 4, 2>(x, k, w, out, m, i, j),
+                    (4, _) => block::<T, 4, 1>(x, k, w, out, m, i, j),
+                    (3, 2) => block::<T, 3, 2>(x, k, w, out, m, i, j),
+                    (3, _) => block::<T, 3, 1>(x, k, w, out, m, i, j),
+                    (2, 2) => block::<T, 2, 2>(x, k, w, out, m, i, j),
+                    (2, _) => block::<T, 2, 1>(x, k, w, out, m, i, j),
+                    (_, 2) => block::<T, 1, 2>(x, k, w, out, m, i, j),
+                    _ => block::<T, 1, 1>(x, k, w, out, m, i, j),
                 }
                 i += r;
             }
@@ -224,11 +382,76 @@ mod avx2 {
         }
     }
 
+    /// One packed panel times up to six rows at a time: per step of `k`,
+    /// two weight vectors (widened once) and one broadcast per row feed
+    /// 2·R independent multiply-adds (12 accumulators + 3 registers: no
+    /// spills).
+    #[target_feature(enable = "avx2,fma")]
+    pub unsafe fn panel_product<T: WeightElem>(
+        x: &[f32],
+        m: usize,
+        k: usize,
+        panel: &[T],
+        out: &mut [f32],
+    ) {
+        let mut i = 0;
+        while i < m {
+            let r = (m - i).min(6);
+            match r {
+                6 => panel_rows::<T, 6>(x, k, panel, out, i),
+                5 => panel_rows::<T, 5>(x, k, panel, out, i),
+                4 => panel_rows::<T, 4>(x, k, panel, out, i),
+                3 => panel_rows::<T, 3>(x, k, panel, out, i),
+                2 => panel_rows::<T, 2>(x, k, panel, out, i),
+                _ => panel_rows::<T, 1>(x, k, panel, out, i),
+            }
+            i += r;
+        }
+    }
+
     #[inline(always)]
-    unsafe fn block<const R: usize, const C: usize>(
+    unsafe fn panel_rows<T: WeightElem, const R: usize>(
         x: &[f32],
         k: usize,
-        w: &[f32],
+        panel: &[T],
+        out: &mut [f32],
+        i0: usize,
+    ) {
+        let xp = x.as_ptr().add(i0 * k);
+        let wp = panel.as_ptr();
+        let mut acc = [[_mm256_setzero_ps(); 2]; R];
+        for p in 0..k {
+            let w = wp.add(p * super::PANEL);
+            let w0 = T::load8(w);
+            let w1 = T::load8(w.add(8));
+            for (r, a) in acc.iter_mut().enumerate() {
+                let xb = _mm256_broadcast_ss(&*xp.add(r * k + p));
+                a[0] = _mm256_fmadd_ps(xb, w0, a[0]);
+                a[1] = _mm256_fmadd_ps(xb, w1, a[1]);
+            }
+        }
+        let op = out.as_mut_ptr().add(i0 * super::PANEL);
+        for (r, a) in acc.iter().enumerate() {
+            for (c, v) in a.iter().enumerate() {
+                _mm256_storeu_ps(op.add(r * super::PANEL + c * 8), *v);
+            }
+        }
+    }
+
+    /// Sum of the eight lanes.
+    #[inline(always)]
+    unsafe fn hsum(v: __m256) -> f32 {
+        let s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+        let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+        let s = _mm_add_ss(s, _mm_movehdup_ps(s));
+        _mm_cvtss_f32(s)
+    }
+
+    #[inline(always)]
+    unsafe fn block<T: WeightElem, const R: usize, const C: usize>(
+        x: &[f32],
+        k: usize,
+        w: &[T],
         out: &mut [f32],
         m: usize,
         i0: usize,
@@ -241,7 +464,7 @@ mod avx2 {
         while p + 8 <= k {
             let mut wv = [_mm256_setzero_ps(); C];
             for (c, v) in wv.iter_mut().enumerate() {
-                *v = _mm256_loadu_ps(wp.add((j0 + c) * k + p));
+                *v = T::load8(wp.add((j0 + c) * k + p));
             }
             for (r, row) in acc.iter_mut().enumerate() {
                 let xv = _mm256_loadu_ps(xp.add((i0 + r) * k + p));
@@ -253,11 +476,10 @@ mod avx2 {
         }
         for (r, row) in acc.iter().enumerate() {
             for (c, a) in row.iter().enumerate() {
-                let mut lanes = [0f32; 8];
-                _mm256_storeu_ps(lanes.as_mut_ptr(), *a);
-                let mut sum: f32 = lanes.iter().sum();
+                let mut sum = hsum(*a);
                 for q in p..k {
-                    sum = (*xp.add((i0 + r) * k + q)).mul_add(*wp.add((j0 + c) * k + q), sum);
+                    sum = (*xp.add((i0 + r) * k + q))
+                        .mul_add((*wp.add((j0 + c) * k + q)).to_f32(), sum);
                 }
                 out[(j0 + c) * m + i0 + r] = sum;
             }

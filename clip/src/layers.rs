@@ -10,7 +10,10 @@ use candle_core::{DType, Module, Result, Tensor, D};
 use candle_nn::{Init, VarBuilder};
 
 use crate::config::Activation;
+use std::sync::Arc;
+
 use crate::kernels::{fused_activation, small_matmul_t, SMALL_M};
+use crate::precision::{Precision, QueryWeights};
 
 /// Initialisation used when a layer's weights are created rather than loaded
 /// (training from scratch): N(0, std²), as in open_clip.
@@ -71,6 +74,8 @@ pub fn softmax_last_dim(x: &Tensor) -> Result<Tensor> {
 pub struct Linear {
     weight: Tensor,
     bias: Option<Tensor>,
+    /// A reduced-precision copy of `weight` for few-row products (queries).
+    query: Option<Arc<QueryWeights>>,
 }
 
 impl Linear {
@@ -83,12 +88,36 @@ impl Linear {
         } else {
             None
         };
-        Ok(Self { weight, bias })
+        Ok(Self {
+            weight,
+            bias,
+            query: None,
+        })
     }
 
     /// Builds a layer from tensors already at hand.
     pub fn from_parts(weight: Tensor, bias: Option<Tensor>) -> Self {
-        Self { weight, bias }
+        Self {
+            weight,
+            bias,
+            query: None,
+        }
+    }
+
+    /// Keeps a copy of the weight in `precision` for every product without
+    /// a gradient (fp32 drops the copy). Only for detached weights: a
+    /// trainable layer must not read a stale copy, so it is refused.
+    pub fn set_query_precision(&mut self, precision: Precision) -> Result<()> {
+        if self.weight.is_variable() {
+            candle_core::bail!("reduced-precision weights are for inference, not training")
+        }
+        self.query = QueryWeights::new(&self.weight, self.bias.as_ref(), precision)?.map(Arc::new);
+        Ok(())
+    }
+
+    /// Bytes of the reduced-precision copy, if any.
+    pub fn query_bytes(&self) -> usize {
+        self.query.as_ref().map_or(0, |q| q.bytes())
     }
 
     /// The `[out, in]` weight.
@@ -102,6 +131,15 @@ impl Linear {
     }
 }
 
+impl Linear {
+    fn add_bias(&self, y: Tensor) -> Result<Tensor> {
+        match &self.bias {
+            Some(b) => y.broadcast_add(b),
+            None => Ok(y),
+        }
+    }
+}
+
 impl Module for Linear {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
         let dims = x.dims();
@@ -110,14 +148,13 @@ impl Module for Linear {
         let x2 = x.reshape((rows, in_dim))?;
         let fast =
             rows <= SMALL_M && !x.track_op() && !self.weight.track_op() && x.dtype() == DType::F32;
-        let y = if fast {
-            small_matmul_t(&x2, &self.weight)?
-        } else {
-            x2.matmul(&self.weight.t()?)?
-        };
-        let y = match &self.bias {
-            Some(b) => y.broadcast_add(b)?,
-            None => y,
+        let y = match &self.query {
+            // The reduced-precision copy serves every product without a
+            // gradient, whatever the row count, so that a text's embedding
+            // does not depend on what it was batched with. It adds the bias.
+            Some(q) if !x.track_op() && x.dtype() == DType::F32 => q.matmul_t(&x2.contiguous()?)?,
+            _ if fast => self.add_bias(small_matmul_t(&x2, &self.weight)?)?,
+            _ => self.add_bias(x2.matmul(&self.weight.t()?)?)?,
         };
         let mut out_dims = dims.to_vec();
         let last = out_dims.len() - 1;
@@ -208,6 +245,19 @@ impl Attention {
     }
 }
 
+impl Attention {
+    /// See [`Linear::set_query_precision`]; returns the bytes of the copies.
+    pub fn set_query_precision(&mut self, precision: Precision) -> Result<usize> {
+        let mut bytes = 0;
+        if let Qkv::Fused(l) = &mut self.qkv {
+            l.set_query_precision(precision)?;
+            bytes += l.query_bytes();
+        }
+        self.out_proj.set_query_precision(precision)?;
+        Ok(bytes + self.out_proj.query_bytes())
+    }
+}
+
 fn fuse(q: &Linear, k: &Linear, v: &Linear) -> Result<Linear> {
     let w = Tensor::cat(&[&q.weight, &k.weight, &v.weight], 0)?;
     let bias = match (&q.bias, &k.bias, &v.bias) {
@@ -233,6 +283,15 @@ impl Mlp {
             fc2: Linear::new(inner, dim, true, vb.pp("fc2"))?,
             act,
         })
+    }
+}
+
+impl Mlp {
+    /// See [`Linear::set_query_precision`]; returns the bytes of the copies.
+    pub fn set_query_precision(&mut self, precision: Precision) -> Result<usize> {
+        self.fc1.set_query_precision(precision)?;
+        self.fc2.set_query_precision(precision)?;
+        Ok(self.fc1.query_bytes() + self.fc2.query_bytes())
     }
 }
 
@@ -279,6 +338,12 @@ impl EncoderLayer {
         })
     }
 
+    /// See [`Linear::set_query_precision`]; returns the bytes of the copies.
+    pub fn set_query_precision(&mut self, precision: Precision) -> Result<usize> {
+        Ok(self.self_attn.set_query_precision(precision)?
+            + self.mlp.set_query_precision(precision)?)
+    }
+
     /// Runs the block.
     pub fn forward(&self, x: &Tensor, mask: Option<&Tensor>) -> Result<Tensor> {
         let h = self
@@ -304,6 +369,15 @@ impl Encoder {
             .map(|i| EncoderLayer::new(s, vb.pp(i)))
             .collect::<Result<Vec<_>>>()?;
         Ok(Self { layers })
+    }
+
+    /// See [`Linear::set_query_precision`]; returns the bytes of the copies.
+    pub fn set_query_precision(&mut self, precision: Precision) -> Result<usize> {
+        let mut bytes = 0;
+        for layer in &mut self.layers {
+            bytes += layer.set_query_precision(precision)?;
+        }
+        Ok(bytes)
     }
 
     /// Runs all blocks; with `keep_hidden`, also returns the input and the

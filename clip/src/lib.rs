@@ -23,16 +23,18 @@ mod hub;
 mod kernels;
 mod layers;
 mod model;
+mod precision;
 mod text;
 mod vision;
 
 pub use checkpoint::{Layout, ModelFiles};
 pub use config::{Activation, ClipConfig, TextConfig, VisionConfig};
-pub use embedder::Clip;
+pub use embedder::{Clip, QueryPrecisionCheck, AUTO_MIN_COSINE};
 pub use error::ClipError;
 pub use hub::{resolve_model, resolve_model_with, HubOptions};
 pub use layers::{Attention, Encoder, EncoderLayer, EncoderShape, LayerNorm, Linear, Mlp};
 pub use model::ClipModel;
+pub use precision::{Precision, QueryWeights};
 pub use text::{l2_normalize, TextOutput, TextTransformer};
 pub use vision::{VisionOutput, VisionTransformer};
 

@@ -5,6 +5,7 @@ use candle_nn::{Init, VarBuilder};
 
 use crate::config::ClipConfig;
 use crate::layers::Linear;
+use crate::precision::Precision;
 use crate::text::{TextOutput, TextTransformer};
 use crate::vision::{VisionOutput, VisionTransformer};
 
@@ -19,6 +20,7 @@ pub struct ClipModel {
     visual_projection: Linear,
     logit_scale: Tensor,
     config: ClipConfig,
+    query_precision: Precision,
 }
 
 impl ClipModel {
@@ -36,7 +38,24 @@ impl ClipModel {
                 Init::Const(cfg.logit_scale_init_value),
             )?,
             config: cfg.clone(),
+            query_precision: Precision::Fp32,
         })
+    }
+
+    /// Makes the text tower (inference only) read reduced-precision copies
+    /// of its weights: `bf16` halves and `int8` quarters the bytes a query
+    /// streams; `fp32` drops the copies. Returns the bytes the copies take.
+    /// No check against fp32 is made here ([`crate::Clip`] makes one).
+    pub fn set_query_precision(&mut self, precision: Precision) -> Result<usize> {
+        let bytes = self.text_model.set_query_precision(precision)?;
+        self.text_projection.set_query_precision(precision)?;
+        self.query_precision = precision.resolve();
+        Ok(bytes + self.text_projection.query_bytes())
+    }
+
+    /// The precision text queries run in (fp32 unless set).
+    pub fn query_precision(&self) -> Precision {
+        self.query_precision
     }
 
     /// The shapes this model was built with.

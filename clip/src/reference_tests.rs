@@ -395,3 +395,74 @@ fn bad_directories_give_clear_errors() {
         Err(ClipError::BadConfig { .. })
     ));
 }
+
+/// The reduced-precision text paths against the reference embeddings of the
+/// fixture captions: each within cosine 0.999 (the tolerance), one
+/// text at a time and batched giving the same rows, and `auto` choosing a
+/// reduced precision only after checking it.
+#[test]
+fn reduced_precision_text_embeddings_stay_close_to_the_reference() {
+    use crate::{Precision, AUTO_MIN_COSINE};
+    let exp = Expected::load();
+    let meta: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(fixture_dir().join("expected_meta.json")).unwrap(),
+    )
+    .unwrap();
+    let captions: Vec<&str> = meta["captions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c.as_str().unwrap())
+        .collect();
+    let reference = exp.get("text_embeds").to_vec2::<f32>().unwrap();
+    for dir in [fixture_dir(), fixture_dir().join("open_clip")] {
+        let mut clip = Clip::load_dir(&dir, &Device::Cpu).unwrap();
+        for precision in [Precision::Bf16, Precision::Int8] {
+            clip.set_query_precision(precision).unwrap();
+            assert_eq!(clip.query_precision(), precision);
+            let report = clip.query_precision_check().copied().unwrap();
+            assert_eq!(report.precision, precision);
+            assert!(report.bytes > 0);
+            let batched = clip.embed_texts(&captions, false).unwrap();
+            for (i, cap) in captions.iter().enumerate() {
+                let cosine: f32 = batched[i]
+                    .iter()
+                    .zip(&reference[i])
+                    .map(|(a, b)| a * b)
+                    .sum();
+                assert!(
+                    cosine >= AUTO_MIN_COSINE,
+                    "{precision} {cap:?}: cosine {cosine} to the reference"
+                );
+                let one = clip.embed_texts(&[cap], false).unwrap();
+                let d = one[0]
+                    .iter()
+                    .zip(&batched[i])
+                    .map(|(a, b)| (a - b).abs())
+                    .fold(0f32, f32::max);
+                assert!(
+                    d < 1e-5,
+                    "{precision} {cap:?}: alone vs batched differ by {d}"
+                );
+            }
+        }
+        clip.set_query_precision(Precision::Auto).unwrap();
+        let report = clip.query_precision_check().copied().unwrap();
+        assert_eq!(
+            report.precision,
+            Precision::Int8,
+            "int8 passes the probes here"
+        );
+        assert!(report.min_cosine >= AUTO_MIN_COSINE);
+        clip.set_query_precision(Precision::Fp32).unwrap();
+        assert_eq!(clip.query_precision(), Precision::Fp32);
+        assert!(clip.query_precision_check().is_none());
+        let exact = Tensor::new(clip.embed_texts(&captions, false).unwrap(), &Device::Cpu).unwrap();
+        check(
+            "fp32 again",
+            &exact,
+            exp.get("text_embeds"),
+            exp.tol("text_embeds"),
+        );
+    }
+}

@@ -6,6 +6,7 @@ use candle_nn::{Init, VarBuilder};
 
 use crate::config::TextConfig;
 use crate::layers::{Encoder, EncoderShape, LayerNorm};
+use crate::precision::Precision;
 
 /// Outputs of the text tower for a batch of token sequences.
 #[derive(Debug)]
@@ -68,6 +69,12 @@ impl TextTransformer {
             vocab_size: cfg.vocab_size,
             context_length: cfg.max_position_embeddings,
         })
+    }
+
+    /// Keeps reduced-precision copies of the encoder's weights for queries
+    /// (see [`crate::Precision`]); returns their bytes.
+    pub fn set_query_precision(&mut self, precision: Precision) -> Result<usize> {
+        self.encoder.set_query_precision(precision)
     }
 
     /// The longest sequence the tower takes (77 for CLIP).

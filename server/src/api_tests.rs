@@ -75,8 +75,13 @@ fn fixture() -> Fixture {
     }
 }
 
+/// The server's state as `glimpse serve` makes it (queries at `auto`
+/// precision).
 fn state(fx: &Fixture, options: ServeOptions) -> AppState {
-    let clip = Arc::new(Clip::load_dir(&tiny_model(), &candle_core::Device::Cpu).unwrap());
+    let mut clip = Clip::load_dir(&tiny_model(), &candle_core::Device::Cpu).unwrap();
+    clip.set_query_precision(glimpse_clip::Precision::Auto)
+        .unwrap();
+    let clip = Arc::new(clip);
     let library = Library::open(&fx.library).unwrap();
     AppState::new(library, clip, options).unwrap()
 }
@@ -566,6 +571,11 @@ async fn status_health_metrics_openapi_and_the_page() {
     assert_eq!(s["stats"]["photos"], s["stats"]["embedded"]);
     assert_eq!(s["indexing"]["watching"], false);
     assert_eq!(s["model"]["dim"], 32);
+    assert_eq!(s["model"]["query_precision"], "int8", "{s}");
+    assert!(
+        s["model"]["query_min_cosine"].as_f64().unwrap() >= 0.999,
+        "{s}"
+    );
     let (status, health) = get_json(&app, "/healthz").await;
     assert_eq!(
         (status, health["status"].as_str()),

@@ -7,7 +7,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
-use glimpse_clip::Clip;
+use glimpse_clip::{Clip, Precision};
 use glimpse_config::{ModelSpec, DEFAULT_MODEL};
 use glimpse_indexer::{
     index_library, model_identity, IndexOptions, IndexSummary, Progress, WalkOptions,
@@ -66,6 +66,24 @@ pub(crate) fn load_clip(spec: &ModelSpec) -> anyhow::Result<Clip> {
     }
     let spec = &spec;
     Clip::load(spec).with_context(|| format!("loading model '{}'", spec.name))
+}
+
+/// Sets the text-query precision, saying on stderr what was chosen and how
+/// close to fp32 it stayed.
+pub(crate) fn set_precision(clip: &mut Clip, precision: Precision) -> anyhow::Result<()> {
+    clip.set_query_precision(precision)
+        .context("preparing the reduced-precision text weights")?;
+    if let Some(check) = clip.query_precision_check() {
+        eprintln!(
+            "text queries: {} weights ({:.0} MB), cosine to fp32 ≥ {:.5}",
+            check.precision,
+            check.bytes as f64 / 1e6,
+            check.min_cosine
+        );
+    } else if precision != Precision::Fp32 {
+        eprintln!("text queries: fp32 weights ({precision} would not stay within tolerance here)");
+    }
+    Ok(())
 }
 
 /// Set by Ctrl-C: runs stop after committing what they have.
@@ -311,6 +329,8 @@ pub struct SearchArgs {
     pub library: Option<PathBuf>,
     /// `--model` override.
     pub model: Option<ModelSpec>,
+    /// `--precision` of the query.
+    pub precision: Precision,
     /// Results.
     pub k: usize,
     /// Paging.
@@ -338,8 +358,11 @@ pub fn search(args: SearchArgs) -> anyhow::Result<()> {
         .model
         .clone()
         .unwrap_or_else(|| spec_of(&library.header().model.name));
-    let clip = load_clip(&spec)?;
+    let mut clip = load_clip(&spec)?;
     library.check_model(&model_identity(&clip))?;
+    if args.precision != Precision::Fp32 {
+        set_precision(&mut clip, args.precision)?;
+    }
     let text = args.query.join(" ");
     let mut weighted: Vec<(f32, Vec<f32>)> = Vec::new();
     let mut keywords = String::new();

@@ -20,7 +20,9 @@ pub fn load_model(
     spec: &ModelSpec,
     opts: &ImageOptions,
 ) -> anyhow::Result<(Clip, glimpse_config::PreprocessConfig)> {
-    let clip = Clip::load(spec).with_context(|| format!("loading model '{}'", spec.name))?;
+    let mut clip = Clip::load(spec).with_context(|| format!("loading model '{}'", spec.name))?;
+    clip.set_query_precision(opts.precision)
+        .context("preparing the reduced-precision text weights")?;
     let mut pre = clip.preprocess().clone();
     pre.alpha = opts.alpha;
     pre.max_pixels = opts.max_pixels;

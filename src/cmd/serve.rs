@@ -9,7 +9,9 @@ use glimpse_indexer::{model_identity, IndexOptions, WalkOptions};
 use glimpse_server::{AppState, ServeOptions};
 use glimpse_store::Library;
 
-use crate::cmd::library::{check_roots, choose_model, library_dir, load_clip};
+use glimpse_clip::Precision;
+
+use crate::cmd::library::{check_roots, choose_model, library_dir, load_clip, set_precision};
 
 /// Arguments of `glimpse serve`.
 pub struct ServeArgs {
@@ -17,6 +19,8 @@ pub struct ServeArgs {
     pub library: Option<PathBuf>,
     /// `--model`, when given.
     pub model: Option<ModelSpec>,
+    /// `--precision` of the text queries.
+    pub precision: Precision,
     /// Server options.
     pub options: ServeOptions,
     /// Folders to watch and index while serving.
@@ -31,7 +35,9 @@ pub fn serve(args: ServeArgs) -> anyhow::Result<()> {
     // With folders to watch, a new library is made; without, there is
     // nothing to serve.
     let spec = choose_model(&dir, args.model.as_ref(), !args.watch.is_empty())?;
-    let clip = Arc::new(load_clip(&spec)?);
+    let mut clip = load_clip(&spec)?;
+    set_precision(&mut clip, args.precision)?;
+    let clip = Arc::new(clip);
     let library = Library::open_or_create(&dir, &model_identity(&clip), false)?;
     let state = AppState::new(library, clip, args.options)?;
     let watch = (!args.watch.is_empty()).then(|| IndexOptions {

@@ -207,6 +207,31 @@ fn index_then_search_status_and_failures() {
     let fused = search(&library, &["trip", "-k", "3"]);
     assert_eq!(fused["results"][0]["keyword_match"], true, "{fused}");
 
+    // Reduced-precision queries find the same photos (issue #6: top-10
+    // overlap ≥ 9/10 against fp32).
+    for query in [
+        "a dog on the beach",
+        "sunset over the mountains",
+        "a red car",
+        "xylophone",
+    ] {
+        let top = |precision: &str| -> Vec<u64> {
+            search(&library, &[query, "-k", "10", "--precision", precision])["results"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|h| h["id"].as_u64().unwrap())
+                .collect()
+        };
+        let exact = top("fp32");
+        assert_eq!(exact.len(), 10);
+        for precision in ["int8", "bf16", "auto"] {
+            let got = top(precision);
+            let overlap = got.iter().filter(|id| exact.contains(id)).count();
+            assert!(overlap >= 9, "{precision} {query:?}: {got:?} vs {exact:?}");
+        }
+    }
+
     // Errors: an empty query, a bad date, no library, another model.
     assert_fails(
         &run(glimpse()

@@ -245,6 +245,42 @@ fn classify_ranks_labels_by_ensembled_prompt_similarity() {
 }
 
 #[test]
+fn reduced_precision_embeddings_stay_within_tolerance() {
+    let exp = rows(&expected()["text_embeds"]);
+    let captions: Vec<String> = meta()["captions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c.as_str().unwrap().to_string())
+        .collect();
+    for precision in ["int8", "bf16", "auto"] {
+        let mut cmd = glimpse();
+        cmd.args(["embed", "--precision", precision, "--model"])
+            .arg(tiny_model());
+        for c in &captions {
+            cmd.args(["--text", c]);
+        }
+        let lines = json_lines(&ok_stdout(&run(&mut cmd)));
+        assert_eq!(lines.len(), captions.len());
+        for (line, want) in lines.iter().zip(&exp) {
+            let c = cosine(&vector(line), want);
+            assert!(c >= 0.999, "{precision}: cosine {c} for {}", line["input"]);
+        }
+    }
+    let out = run(glimpse()
+        .args(["embed", "--precision", "fp16", "--model"])
+        .arg(tiny_model())
+        .args(["--text", "x"]));
+    // A usage error, in clap's format (exit 2).
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(
+        err.contains("unknown precision \"fp16\": use one of fp32, bf16, int8, auto"),
+        "{err}"
+    );
+}
+
+#[test]
 fn empty_text_is_a_valid_query() {
     let out = run(glimpse()
         .args(["embed", "--model"])

@@ -19,6 +19,10 @@ struct ModelJson {
     name: String,
     dim: usize,
     fingerprint: String,
+    /// Weights text queries run on (`fp32`, `bf16`, `int8`).
+    query_precision: &'static str,
+    /// Smallest cosine to fp32 on the probe sentences (absent for fp32).
+    query_min_cosine: Option<f32>,
 }
 
 #[derive(Serialize)]
@@ -41,6 +45,8 @@ pub(crate) async fn status(state: web::Data<AppState>) -> Result<HttpResponse, A
             name: header.model.name.clone(),
             dim: header.model.dim,
             fingerprint: header.model.fingerprint.clone(),
+            query_precision: state.clip.query_precision().name(),
+            query_min_cosine: state.clip.query_precision_check().map(|c| c.min_cosine),
         };
         let stats = library.stats()?;
         let dir = library.dir().display().to_string();

@@ -1,0 +1,343 @@
+//! Reduced-precision weights for the text tower.
+//!
+//! A query is a handful of tokens, so its cost is streaming the text tower's
+//! weights (151 MB in f32 for ViT-B/32) through a few multiply-adds each. A
+//! [`QueryWeights`] is a second, smaller copy of one linear layer's weights
+//! — bf16 (half the bytes) or int8 with one f32 scale per output row (a
+//! quarter) — packed in panels of 16 output columns, which the kernel widens
+//! to f32 in registers; sums, LayerNorm, softmax, activations and the final
+//! normalisation stay f32. Once a copy is set it serves every text product
+//! without a gradient, so an embedding does not depend on what it was
+//! batched with. The f32 weights stay for training and the image tower.
+//!
+//! This does not speed up image batches: those are bound by arithmetic,
+//! which stays f32 (this CPU has no bf16 or int8 dot-product instructions).
+
+use std::fmt;
+use std::str::FromStr;
+
+use candle_core::{Result, Tensor};
+
+use crate::kernels::{few_rows_times_panels, pack_panels};
+
+/// How the text tower stores the weights it streams for a query.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub enum Precision {
+    /// The checkpoint's f32 weights: the reference path.
+    Fp32,
+    /// bf16 weights (round to nearest even), f32 arithmetic.
+    Bf16,
+    /// int8 weights with an f32 scale per output row (absmax / 127), f32
+    /// arithmetic.
+    Int8,
+    /// The fastest of the above on this CPU that keeps embeddings within
+    /// tolerance of fp32 (cosine ≥ 0.999): see [`Precision::resolve`].
+    #[default]
+    Auto,
+}
+
+impl Precision {
+    /// The names accepted on the command line.
+    pub const NAMES: [&'static str; 4] = ["fp32", "bf16", "int8", "auto"];
+
+    /// What [`Precision::Auto`] stands for here: int8 where the CPU has the
+    /// vector instructions that widen it in registers (AVX2 + FMA), f32
+    /// elsewhere (the portable fallback would gain nothing).
+    pub fn resolve(self) -> Precision {
+        match self {
+            Precision::Auto if simd_available() => Precision::Int8,
+            Precision::Auto => Precision::Fp32,
+            p => p,
+        }
+    }
+
+    /// The lower-case name (`fp32`, `bf16`, `int8`, `auto`).
+    pub fn name(self) -> &'static str {
+        match self {
+            Precision::Fp32 => "fp32",
+            Precision::Bf16 => "bf16",
+            Precision::Int8 => "int8",
+            Precision::Auto => "auto",
+        }
+    }
+}
+
+impl fmt::Display for Precision {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl FromStr for Precision {
+    type Err = String;
+
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        match s.to_ascii_lowercase().as_str() {
+            "fp32" | "f32" => Ok(Precision::Fp32),
+            "bf16" => Ok(Precision::Bf16),
+            "int8" | "i8" => Ok(Precision::Int8),
+            "auto" => Ok(Precision::Auto),
+            _ => Err(format!(
+                "unknown precision {s:?}: use one of {}",
+                Precision::NAMES.join(", ")
+            )),
+        }
+    }
+}
+
+fn simd_available() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        false
+    }
+}
+
+/// One linear layer's `[out, in]` weights in a reduced precision, for
+/// products with few rows.
+#[derive(Clone)]
+pub struct QueryWeights {
+    data: Data,
+    bias: Option<Vec<f32>>,
+    rows: usize,
+    cols: usize,
+}
+
+#[derive(Clone)]
+enum Data {
+    Bf16(Vec<u16>),
+    Int8 { codes: Vec<i8>, scales: Vec<f32> },
+}
+
+impl fmt::Debug for QueryWeights {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let kind = match self.data {
+            Data::Bf16(_) => "bf16",
+            Data::Int8 { .. } => "int8",
+        };
+        write!(f, "QueryWeights({kind}, [{}, {}])", self.rows, self.cols)
+    }
+}
+
+impl QueryWeights {
+    /// Converts an f32 `[out, in]` weight (and keeps the `[out]` bias, added
+    /// in the same pass as the product); `None` for [`Precision::Fp32`] (and
+    /// for `Auto` where it resolves to fp32).
+    pub fn new(
+        weight: &Tensor,
+        bias: Option<&Tensor>,
+        precision: Precision,
+    ) -> Result<Option<Self>> {
+        let (rows, cols) = weight.dims2()?;
+        let precision = precision.resolve();
+        if precision == Precision::Fp32 {
+            return Ok(None);
+        }
+        let values = weight
+            .to_dtype(candle_core::DType::F32)?
+            .flatten_all()?
+            .to_vec1::<f32>()?;
+        let data = match precision {
+            Precision::Bf16 => {
+                let bits: Vec<u16> = values
+                    .iter()
+                    .map(|&v| half::bf16::from_f32(v).to_bits())
+                    .collect();
+                Data::Bf16(pack_panels(&bits, rows, cols))
+            }
+            _ => {
+                let mut codes = Vec::with_capacity(values.len());
+                let mut scales = Vec::with_capacity(rows);
+                for row in values.chunks_exact(cols.max(1)) {
+                    let max = row.iter().fold(0f32, |m, v| m.max(v.abs()));
+                    let scale = if max > 0.0 && max.is_finite() {
+                        max / 127.0
+                    } else {
+                        1.0
+                    };
+                    codes.extend(
+                        row.iter()
+                            .map(|v| (v / scale).round().clamp(-127.0, 127.0) as i8),
+                    );
+                    scales.push(scale);
+                }
+                Data::Int8 {
+                    codes: pack_panels(&codes, rows, cols),
+                    scales,
+                }
+            }
+        };
+        let bias = match bias {
+            Some(b) => Some(
+                b.to_dtype(candle_core::DType::F32)?
+                    .flatten_all()?
+                    .to_vec1::<f32>()?,
+            ),
+            None => None,
+        };
+        if bias.as_ref().is_some_and(|b| b.len() != rows) {
+            candle_core::bail!("bias of {} for {rows} outputs", bias.map_or(0, |b| b.len()))
+        }
+        Ok(Some(Self {
+            data,
+            bias,
+            rows,
+            cols,
+        }))
+    }
+
+    /// Bytes held.
+    pub fn bytes(&self) -> usize {
+        match &self.data {
+            Data::Bf16(v) => v.len() * 2,
+            Data::Int8 { codes, scales } => codes.len() + scales.len() * 4,
+        }
+    }
+
+    /// `x · Wᵀ + b` for an f32 `x` `[m, in]` → `[m, out]`.
+    pub fn matmul_t(&self, x: &Tensor) -> Result<Tensor> {
+        let (m, k) = x.dims2()?;
+        if k != self.cols {
+            candle_core::bail!(
+                "reduced-precision matmul: [{m}, {k}] · [{}, {}]ᵀ",
+                self.rows,
+                self.cols
+            )
+        }
+        let xs = x.flatten_all()?.to_vec1::<f32>()?;
+        let mut out = match &self.data {
+            Data::Bf16(w) => few_rows_times_panels(&xs, m, k, w, self.rows, None),
+            Data::Int8 { codes, scales } => {
+                few_rows_times_panels(&xs, m, k, codes, self.rows, Some(scales))
+            }
+        };
+        if let Some(bias) = &self.bias {
+            for row in out.chunks_exact_mut(self.rows) {
+                row.iter_mut().zip(bias).for_each(|(v, b)| *v += b);
+            }
+        }
+        Tensor::from_vec(out, (m, self.rows), x.device())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::Device;
+
+    #[test]
+    fn reduced_precision_products_are_close_to_f32() {
+        for (m, k, n) in [(1, 64, 33), (7, 512, 100), (16, 77, 65), (5, 40, 3)] {
+            let x = Tensor::randn(0f32, 1.0, (m, k), &Device::Cpu).unwrap();
+            let w = Tensor::randn(0f32, 0.02, (n, k), &Device::Cpu).unwrap();
+            let want = x.matmul(&w.t().unwrap()).unwrap();
+            let scale = want
+                .abs()
+                .unwrap()
+                .max_all()
+                .unwrap()
+                .to_scalar::<f32>()
+                .unwrap();
+            for (p, tol) in [(Precision::Bf16, 0.01), (Precision::Int8, 0.02)] {
+                let q = QueryWeights::new(&w, None, p).unwrap().unwrap();
+                let got = q.matmul_t(&x).unwrap();
+                let d = crate::test_util::max_abs_diff(&got, &want) / scale;
+                assert!(d < tol, "{p} {m}x{k}x{n}: relative error {d}");
+                assert!(d > 0.0, "{p}: the product cannot be exact");
+            }
+        }
+    }
+
+    #[test]
+    fn sizes_and_names() {
+        let w = Tensor::zeros((4, 8), candle_core::DType::F32, &Device::Cpu).unwrap();
+        assert!(QueryWeights::new(&w, None, Precision::Fp32)
+            .unwrap()
+            .is_none());
+        let q = QueryWeights::new(&w, None, Precision::Int8)
+            .unwrap()
+            .unwrap();
+        // 4 rows padded to one panel of 16 columns × 8 inputs, 4 scales.
+        assert_eq!(q.bytes(), 16 * 8 + 4 * 4);
+        // All-zero rows get scale 1 and code 0, not NaN.
+        let x = Tensor::ones((2, 8), candle_core::DType::F32, &Device::Cpu).unwrap();
+        let y = q
+            .matmul_t(&x)
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1::<f32>()
+            .unwrap();
+        assert!(y.iter().all(|v| *v == 0.0));
+        for name in Precision::NAMES {
+            assert_eq!(name.parse::<Precision>().unwrap().name(), name);
+        }
+        assert!("fp16"
+            .parse::<Precision>()
+            .unwrap_err()
+            .contains("fp32, bf16, int8, auto"));
+        assert_eq!(
+            QueryWeights::new(&w, None, Precision::Bf16)
+                .unwrap()
+                .unwrap()
+                .matmul_t(&Tensor::ones((1, 3), candle_core::DType::F32, &Device::Cpu).unwrap())
+                .unwrap_err()
+                .to_string()
+                .contains("[1, 3]"),
+            true
+        );
+    }
+}
+
+#[cfg(test)]
+mod speed {
+    use super::*;
+    use candle_core::Device;
+
+    /// `cargo test --release -p glimpse-clip query_weight_speed -- --ignored --nocapture`
+    #[test]
+    #[ignore]
+    fn query_weight_speed() {
+        let x = Tensor::randn(0f32, 1.0, (8, 512), &Device::Cpu).unwrap();
+        let ws: Vec<Tensor> = (0..40)
+            .map(|_| Tensor::randn(0f32, 0.02, (2048, 512), &Device::Cpu).unwrap())
+            .collect();
+        for p in [Precision::Bf16, Precision::Int8] {
+            let qs: Vec<QueryWeights> = ws
+                .iter()
+                .map(|w| QueryWeights::new(w, None, p).unwrap().unwrap())
+                .collect();
+            for _ in 0..3 {
+                qs[0].matmul_t(&x).unwrap();
+            }
+            let n = 400;
+            let t = std::time::Instant::now();
+            for _ in 0..n {
+                qs[0].matmul_t(&x).unwrap();
+            }
+            let dt = t.elapsed().as_secs_f64() / n as f64;
+            let flop = 2.0 * 8.0 * 2048.0 * 512.0;
+            println!(
+                "{p} in cache: {:.3} ms, {:.1} GFLOP/s",
+                dt * 1e3,
+                flop / dt / 1e9
+            );
+            let t = std::time::Instant::now();
+            for _ in 0..10 {
+                for q in &qs {
+                    q.matmul_t(&x).unwrap();
+                }
+            }
+            let dt = t.elapsed().as_secs_f64() / 400.0;
+            println!(
+                "{p} from DRAM: {:.3} ms, {:.1} GFLOP/s, {:.1} GB/s",
+                dt * 1e3,
+                flop / dt / 1e9,
+                qs[0].bytes() as f64 / dt / 1e9
+            );
+        }
+    }
+}
