@@ -4,9 +4,9 @@
 //! depend on the values). Prints one JSON report.
 //!
 //! `cargo bench --bench model` (add `-- --quick` for fewer repetitions,
-//! `--query-only` or `--images-only` for one half). Queries are timed and
-//! compared with fp32 (minimum cosine over five probes) for each query
-//! precision.
+//! `--query-only` or `--images-only` for one half). Images and queries are
+//! timed and compared with fp32 (minimum cosine over 8 images / five probe
+//! texts) for each precision of the weights (fp32, bf16, int8).
 
 use std::collections::HashMap;
 use std::time::Instant;
@@ -87,22 +87,50 @@ fn main() {
     } else {
         &[1, 8, 32]
     };
-    for &batch in batches {
-        let pixels = Tensor::randn(0f32, 1.0, (batch, 3, s, s), &Device::Cpu).unwrap();
-        model.image_features(&pixels).unwrap(); // warm-up
-        let reps = if quick { 2 } else { (64 / batch).clamp(3, 16) };
-        let mut rates: Vec<f64> = (0..reps)
-            .map(|_| {
-                let t = Instant::now();
-                model.image_features(&pixels).unwrap();
-                batch as f64 / t.elapsed().as_secs_f64()
+    // Images per precision of the vision tower's weights: rates per batch
+    // and the smallest cosine to fp32 over a batch of 8.
+    let probe = Tensor::randn(0f32, 1.0, (8, 3, s, s), &Device::Cpu).unwrap();
+    let probe_fp32 = if batches.is_empty() {
+        None
+    } else {
+        Some(model.image_features(&probe).unwrap())
+    };
+    let mut images_by_precision = serde_json::Map::new();
+    for precision in [Precision::Fp32, Precision::Bf16, Precision::Int8] {
+        let Some(reference) = &probe_fp32 else { break };
+        model.set_image_precision(precision).unwrap();
+        let got = model.image_features(&probe).unwrap();
+        let min_cosine = (0..8)
+            .map(|i| {
+                let a = normalised(&reference.get(i).unwrap());
+                let b = normalised(&got.get(i).unwrap());
+                a.iter().zip(&b).map(|(x, y)| x * y).sum::<f32>()
             })
-            .collect();
-        images.insert(
-            format!("batch_{batch}"),
-            serde_json::json!(median(&mut rates)),
-        );
+            .fold(1f32, f32::min);
+        let mut rates_by_batch = serde_json::Map::new();
+        for &batch in batches {
+            let pixels = Tensor::randn(0f32, 1.0, (batch, 3, s, s), &Device::Cpu).unwrap();
+            model.image_features(&pixels).unwrap(); // warm-up
+            let reps = if quick { 2 } else { (64 / batch).clamp(3, 16) };
+            let mut rates: Vec<f64> = (0..reps)
+                .map(|_| {
+                    let t = Instant::now();
+                    model.image_features(&pixels).unwrap();
+                    batch as f64 / t.elapsed().as_secs_f64()
+                })
+                .collect();
+            rates_by_batch.insert(
+                format!("batch_{batch}"),
+                serde_json::json!(median(&mut rates)),
+            );
+        }
+        if precision == Precision::Fp32 {
+            images = rates_by_batch.clone();
+        }
+        rates_by_batch.insert("min_cosine_to_fp32".into(), serde_json::json!(min_cosine));
+        images_by_precision.insert(precision.name().into(), rates_by_batch.into());
     }
+    model.set_image_precision(Precision::Fp32).unwrap();
 
     let b32 = images
         .get("batch_32")
@@ -117,7 +145,7 @@ fn main() {
         println!(
             "{}",
             serde_json::to_string_pretty(
-                &serde_json::json!({"image_embeddings_per_s": images, "baseline": baseline})
+                &serde_json::json!({"image_embeddings_per_s": images_by_precision, "baseline": baseline})
             )
             .unwrap()
         );
@@ -179,9 +207,8 @@ fn main() {
     }
     let report = serde_json::json!({
         "model": "random-weight ViT-B/32 (openai/clip-vit-base-patch32 shapes)",
-        "image_precision": "fp32",
         "threads": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1),
-        "image_embeddings_per_s": images,
+        "image_embeddings_per_s": images_by_precision,
         "baseline": baseline,
         "query": {"text": query, "tokens": ids.len(), "by_precision": queries},
     });

@@ -242,42 +242,77 @@ pub(crate) fn pack_panels<T: Copy + Default>(w: &[T], n: usize, k: usize) -> Vec
     packed
 }
 
-/// `x · wᵀ` (`[m, n]`, row-major) for `x` `[m, k]` and weights packed by
-/// [`pack_panels`], column `j` multiplied by `scales[j]` when given. Panels
-/// are split among threads in contiguous shares.
-pub(crate) fn few_rows_times_panels<T: WeightElem>(
+/// `x · wᵀ · diag(scales) + bias` (`[m, n]`, row-major) for `x` `[m, k]`
+/// and weights packed by [`pack_panels`]. Work is cut into tiles of rows ×
+/// panels: few rows (a query) → every row against a contiguous share of the
+/// panels per thread, so each weight is read once; many rows (a batch) →
+/// blocks of rows small enough to stay in L2 against all panels.
+pub(crate) fn rows_times_panels<T: WeightElem>(
     x: &[f32],
     m: usize,
     k: usize,
     packed: &[T],
     n: usize,
     scales: Option<&[f32]>,
+    bias: Option<&[f32]>,
 ) -> Vec<f32> {
     let panels = n.div_ceil(PANEL);
-    let mut by_panel = vec![0f32; panels * m * PANEL];
-    if m > 0 && k > 0 {
-        let per_task = panels.div_ceil(2 * rayon::current_num_threads()).max(1);
-        by_panel
-            .par_chunks_mut(per_task * m * PANEL)
-            .enumerate()
-            .for_each(|(task, out)| {
-                let first = task * per_task;
-                for (q, out) in out.chunks_exact_mut(m * PANEL).enumerate() {
-                    let q = first + q;
-                    let panel = &packed[q * k * PANEL..(q + 1) * k * PANEL];
-                    panel_product(x, m, k, panel, out);
-                }
-            });
-    }
     let mut out = vec![0f32; m * n];
-    for (q, block) in by_panel.chunks_exact(m * PANEL).enumerate() {
-        let cols = PANEL.min(n - q * PANEL);
-        for i in 0..m {
-            let dst = &mut out[i * n + q * PANEL..i * n + q * PANEL + cols];
-            dst.copy_from_slice(&block[i * PANEL..i * PANEL + cols]);
-            if let Some(scales) = scales {
-                for (v, s) in dst.iter_mut().zip(&scales[q * PANEL..]) {
-                    *v *= s;
+    if m == 0 || n == 0 {
+        return out;
+    }
+    let (row_block, panel_group) = if m <= SMALL_M {
+        (m, panels.div_ceil(2 * rayon::current_num_threads()).max(1))
+    } else {
+        // About 128 KiB of input rows per tile, a multiple of the kernel's 6.
+        ((32 * 1024 / k.max(1)).max(6) / 6 * 6, panels)
+    };
+    let tiles: Vec<(usize, usize)> = (0..m)
+        .step_by(row_block)
+        .flat_map(|r0| (0..panels).step_by(panel_group).map(move |q0| (r0, q0)))
+        .collect();
+    let products: Vec<Vec<f32>> = tiles
+        .par_iter()
+        .map(|&(r0, q0)| {
+            let rows = row_block.min(m - r0);
+            let count = panel_group.min(panels - q0);
+            let mut tile = vec![0f32; count * rows * PANEL];
+            let xs = &x[r0 * k..(r0 + rows) * k];
+            // A batch makes many passes over each panel: widen it once. A
+            // query makes one or two: widening in registers is cheaper.
+            let mut wide = if m > SMALL_M {
+                vec![0f32; k * PANEL]
+            } else {
+                Vec::new()
+            };
+            for (i, o) in tile.chunks_exact_mut(rows * PANEL).enumerate() {
+                let q = q0 + i;
+                let panel = &packed[q * k * PANEL..(q + 1) * k * PANEL];
+                if wide.is_empty() {
+                    panel_product(xs, rows, k, panel, o);
+                } else {
+                    wide.iter_mut()
+                        .zip(panel)
+                        .for_each(|(w, p)| *w = p.to_f32());
+                    panel_product(xs, rows, k, &wide, o);
+                }
+            }
+            tile
+        })
+        .collect();
+    for (&(r0, q0), tile) in tiles.iter().zip(&products) {
+        let rows = row_block.min(m - r0);
+        for (i, block) in tile.chunks_exact(rows * PANEL).enumerate() {
+            let j0 = (q0 + i) * PANEL;
+            let cols = PANEL.min(n - j0);
+            for r in 0..rows {
+                let dst = &mut out[(r0 + r) * n + j0..(r0 + r) * n + j0 + cols];
+                dst.copy_from_slice(&block[r * PANEL..r * PANEL + cols]);
+                if let Some(scales) = scales {
+                    dst.iter_mut().zip(&scales[j0..]).for_each(|(v, s)| *v *= s);
+                }
+                if let Some(bias) = bias {
+                    dst.iter_mut().zip(&bias[j0..]).for_each(|(v, b)| *v += b);
                 }
             }
         }

@@ -53,6 +53,17 @@ impl ClipModel {
         Ok(bytes + self.text_projection.query_bytes())
     }
 
+    /// Makes the image tower (inference only) read reduced-precision copies
+    /// of its weights (the same packed copies as the text tower's); returns
+    /// their bytes. Measured by the model benchmark; the indexer does not
+    /// use it yet, because every embedding in a library must be made the
+    /// same way and the library does not record a precision.
+    pub fn set_image_precision(&mut self, precision: Precision) -> Result<usize> {
+        let bytes = self.vision_model.set_precision(precision)?;
+        self.visual_projection.set_query_precision(precision)?;
+        Ok(bytes + self.visual_projection.query_bytes())
+    }
+
     /// The precision text queries run in (fp32 unless set).
     pub fn query_precision(&self) -> Precision {
         self.query_precision

@@ -18,7 +18,7 @@ use std::str::FromStr;
 
 use candle_core::{Result, Tensor};
 
-use crate::kernels::{few_rows_times_panels, pack_panels};
+use crate::kernels::{pack_panels, rows_times_panels};
 
 /// How the text tower stores the weights it streams for a query.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
@@ -208,17 +208,13 @@ impl QueryWeights {
             )
         }
         let xs = x.flatten_all()?.to_vec1::<f32>()?;
-        let mut out = match &self.data {
-            Data::Bf16(w) => few_rows_times_panels(&xs, m, k, w, self.rows, None),
+        let bias = self.bias.as_deref();
+        let out = match &self.data {
+            Data::Bf16(w) => rows_times_panels(&xs, m, k, w, self.rows, None, bias),
             Data::Int8 { codes, scales } => {
-                few_rows_times_panels(&xs, m, k, codes, self.rows, Some(scales))
+                rows_times_panels(&xs, m, k, codes, self.rows, Some(scales), bias)
             }
         };
-        if let Some(bias) = &self.bias {
-            for row in out.chunks_exact_mut(self.rows) {
-                row.iter_mut().zip(bias).for_each(|(v, b)| *v += b);
-            }
-        }
         Tensor::from_vec(out, (m, self.rows), x.device())
     }
 }

@@ -466,3 +466,34 @@ fn reduced_precision_text_embeddings_stay_close_to_the_reference() {
         );
     }
 }
+
+/// The vision tower on reduced-precision weights against the reference
+/// image embeddings of the fixture (cosine ≥ 0.999), then back to fp32.
+#[test]
+fn reduced_precision_image_embeddings_stay_close_to_the_reference() {
+    use crate::Precision;
+    let exp = Expected::load();
+    let pixels = exp.get("pixel_values");
+    let reference = exp.get("image_embeds").to_vec2::<f32>().unwrap();
+    let clip = Clip::load_dir(&fixture_dir(), &Device::Cpu).unwrap();
+    let mut model = clip.model().clone();
+    for precision in [Precision::Bf16, Precision::Int8] {
+        assert!(model.set_image_precision(precision).unwrap() > 0);
+        let got = l2_normalize(&model.image_features(pixels).unwrap())
+            .unwrap()
+            .to_vec2::<f32>()
+            .unwrap();
+        for (i, (a, b)) in got.iter().zip(&reference).enumerate() {
+            let cosine: f32 = a.iter().zip(b).map(|(x, y)| x * y).sum();
+            assert!(cosine >= 0.999, "{precision} image {i}: cosine {cosine}");
+        }
+    }
+    assert_eq!(model.set_image_precision(Precision::Fp32).unwrap(), 0);
+    let exact = l2_normalize(&model.image_features(pixels).unwrap()).unwrap();
+    check(
+        "fp32 again",
+        &exact,
+        exp.get("image_embeds"),
+        exp.tol("image_embeds"),
+    );
+}

@@ -84,6 +84,13 @@ impl VisionTransformer {
     }
 
     /// Runs the tower on `pixels` `[batch, channels, size, size]`.
+    /// Keeps reduced-precision copies of the encoder's weights (see
+    /// [`crate::Precision`]); returns their bytes.
+    pub fn set_precision(&mut self, precision: crate::Precision) -> Result<usize> {
+        self.encoder.set_query_precision(precision)
+    }
+
+    /// Runs the tower.
     pub fn forward(&self, pixels: &Tensor, keep_hidden: bool) -> Result<VisionOutput> {
         let (b, c, h, w) = pixels.dims4()?;
         let (s, p) = (self.cfg.image_size, self.cfg.patch_size);
