@@ -83,7 +83,7 @@ impl CustomOp2 for SmallMatmulT {
 
 // ---- element kernels, compiled twice: AVX2+FMA (picked at run time) and baseline.
 
-fn activate(act: Activation, s: &[f32], d: &mut [f32]) {
+pub(crate) fn activate(act: Activation, s: &[f32], d: &mut [f32]) {
     #[cfg(target_arch = "x86_64")]
     if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {
         // SAFETY: the CPU has the features the function is compiled for.

@@ -59,6 +59,30 @@ impl Module for LayerNorm {
     }
 }
 
+impl LayerNorm {
+    /// The gain and bias as plain vectors, for the fused few-row path.
+    fn plain(&self) -> Result<(Vec<f32>, Vec<f32>, f32)> {
+        Ok((
+            self.weight.to_dtype(DType::F32)?.to_vec1()?,
+            self.bias.to_dtype(DType::F32)?.to_vec1()?,
+            self.eps as f32,
+        ))
+    }
+}
+
+/// LayerNorm of each `gain.len()`-wide row of `x` into `out`.
+fn layer_norm_rows(x: &[f32], gain: &[f32], bias: &[f32], eps: f32, out: &mut [f32]) {
+    let d = gain.len();
+    for (row, o) in x.chunks_exact(d).zip(out.chunks_exact_mut(d)) {
+        let mean = row.iter().sum::<f32>() / d as f32;
+        let var = row.iter().map(|v| (v - mean) * (v - mean)).sum::<f32>() / d as f32;
+        let inv = 1.0 / (var + eps).sqrt();
+        for (((o, v), g), b) in o.iter_mut().zip(row).zip(gain).zip(bias) {
+            *o = (v - mean) * inv * g + b;
+        }
+    }
+}
+
 /// Softmax over the last dimension: the fused kernel for inference, the
 /// differentiable composition when a gradient is needed.
 pub fn softmax_last_dim(x: &Tensor) -> Result<Tensor> {
@@ -325,6 +349,121 @@ pub struct EncoderLayer {
     layer_norm1: LayerNorm,
     mlp: Mlp,
     layer_norm2: LayerNorm,
+    fused: Option<Arc<FusedBlock>>,
+}
+
+/// One block on reduced-precision copies, run on plain rows for inputs of
+/// at most [`SMALL_M`] rows: the same arithmetic as the tensor path (f32
+/// LayerNorm, softmax and activation), without a tensor per step.
+#[derive(Debug)]
+struct FusedBlock {
+    ln1: (Vec<f32>, Vec<f32>, f32),
+    qkv: Arc<QueryWeights>,
+    out_proj: Arc<QueryWeights>,
+    ln2: (Vec<f32>, Vec<f32>, f32),
+    fc1: Arc<QueryWeights>,
+    fc2: Arc<QueryWeights>,
+    act: Activation,
+    heads: usize,
+    head_dim: usize,
+}
+
+impl FusedBlock {
+    /// `None` unless every product of the block has a copy.
+    fn new(layer: &EncoderLayer) -> Result<Option<Self>> {
+        let a = &layer.self_attn;
+        let (Qkv::Fused(qkv), m) = (&a.qkv, &layer.mlp) else {
+            return Ok(None);
+        };
+        let (Some(qkv), Some(out_proj), Some(fc1), Some(fc2)) = (
+            qkv.query.clone(),
+            a.out_proj.query.clone(),
+            m.fc1.query.clone(),
+            m.fc2.query.clone(),
+        ) else {
+            return Ok(None);
+        };
+        Ok(Some(Self {
+            ln1: layer.layer_norm1.plain()?,
+            qkv,
+            out_proj,
+            ln2: layer.layer_norm2.plain()?,
+            fc1,
+            fc2,
+            act: m.act,
+            heads: a.heads,
+            head_dim: a.head_dim,
+        }))
+    }
+
+    /// `x` `[b, n, d]`; `mask` as for [`Attention::forward`] (`[n, n]` or
+    /// `[b, 1, n, n]`, added to the scores).
+    fn forward(&self, x: &Tensor, mask: Option<&Tensor>) -> Result<Tensor> {
+        let (b, n, d) = x.dims3()?;
+        let m = b * n;
+        let mut x_rows = x.flatten_all()?.to_vec1::<f32>()?;
+        let mask: Option<(Vec<f32>, bool)> = match mask {
+            None => None,
+            Some(t) => {
+                let per_batch = t.rank() == 4;
+                Some((t.flatten_all()?.to_dtype(DType::F32)?.to_vec1()?, per_batch))
+            }
+        };
+        let mut h = vec![0f32; m * d];
+        let (g, bias, eps) = &self.ln1;
+        layer_norm_rows(&x_rows, g, bias, *eps, &mut h);
+        let qkv = self.qkv.product(&h, m);
+        // Attention per (sequence, head); qkv rows are [q | k | v], each
+        // [heads, head_dim].
+        let (heads, hd) = (self.heads, self.head_dim);
+        let scale = (hd as f32).powf(-0.5);
+        let mut scores = vec![0f32; n];
+        for s in 0..b {
+            for head in 0..heads {
+                for i in 0..n {
+                    let qi = &qkv[(s * n + i) * 3 * d + head * hd..][..hd];
+                    for (j, score) in scores.iter_mut().enumerate() {
+                        let kj = &qkv[(s * n + j) * 3 * d + d + head * hd..][..hd];
+                        let mut dot = 0f32;
+                        for (a, c) in qi.iter().zip(kj) {
+                            dot += a * c;
+                        }
+                        *score = dot * scale
+                            + match &mask {
+                                None => 0.0,
+                                Some((mk, false)) => mk[i * n + j],
+                                Some((mk, true)) => mk[(s * n + i) * n + j],
+                            };
+                    }
+                    let max = scores.iter().fold(f32::NEG_INFINITY, |a, &v| a.max(v));
+                    let mut sum = 0f32;
+                    for v in scores.iter_mut() {
+                        *v = (*v - max).exp();
+                        sum += *v;
+                    }
+                    let out = &mut h[(s * n + i) * d + head * hd..][..hd];
+                    out.fill(0.0);
+                    for (j, p) in scores.iter().enumerate() {
+                        let vj = &qkv[(s * n + j) * 3 * d + 2 * d + head * hd..][..hd];
+                        let p = p / sum;
+                        for (o, v) in out.iter_mut().zip(vj) {
+                            *o += p * v;
+                        }
+                    }
+                }
+            }
+        }
+        let attn = self.out_proj.product(&h, m);
+        x_rows.iter_mut().zip(&attn).for_each(|(x, a)| *x += a);
+        let (g, bias, eps) = &self.ln2;
+        layer_norm_rows(&x_rows, g, bias, *eps, &mut h);
+        let mut inner = self.fc1.product(&h, m);
+        let pre = inner.clone();
+        crate::kernels::activate(self.act, &pre, &mut inner);
+        let mlp = self.fc2.product(&inner, m);
+        x_rows.iter_mut().zip(&mlp).for_each(|(x, v)| *x += v);
+        Tensor::from_vec(x_rows, (b, n, d), x.device())
+    }
 }
 
 impl EncoderLayer {
@@ -335,17 +474,28 @@ impl EncoderLayer {
             layer_norm1: LayerNorm::new(s.dim, s.eps, vb.pp("layer_norm1"))?,
             mlp: Mlp::new(s.dim, s.inner, s.act, vb.pp("mlp"))?,
             layer_norm2: LayerNorm::new(s.dim, s.eps, vb.pp("layer_norm2"))?,
+            fused: None,
         })
     }
 
     /// See [`Linear::set_query_precision`]; returns the bytes of the copies.
+    /// With copies, a few-row input (a query) runs the whole block as one
+    /// fused pass over plain rows instead of ~20 tensor operations.
     pub fn set_query_precision(&mut self, precision: Precision) -> Result<usize> {
-        Ok(self.self_attn.set_query_precision(precision)?
-            + self.mlp.set_query_precision(precision)?)
+        let bytes = self.self_attn.set_query_precision(precision)?
+            + self.mlp.set_query_precision(precision)?;
+        self.fused = FusedBlock::new(self)?.map(Arc::new);
+        Ok(bytes)
     }
 
     /// Runs the block.
     pub fn forward(&self, x: &Tensor, mask: Option<&Tensor>) -> Result<Tensor> {
+        if let Some(fused) = &self.fused {
+            let (b, n, _) = x.dims3()?;
+            if !x.track_op() && x.dtype() == DType::F32 && b * n <= SMALL_M {
+                return fused.forward(x, mask);
+            }
+        }
         let h = self
             .self_attn
             .forward(&self.layer_norm1.forward(x)?, mask)?;

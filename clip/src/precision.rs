@@ -208,14 +208,18 @@ impl QueryWeights {
             )
         }
         let xs = x.flatten_all()?.to_vec1::<f32>()?;
-        let bias = self.bias.as_deref();
-        let out = match &self.data {
-            Data::Bf16(w) => rows_times_panels(&xs, m, k, w, self.rows, None, bias),
+        Tensor::from_vec(self.product(&xs, m), (m, self.rows), x.device())
+    }
+
+    /// `x · Wᵀ + b` on plain rows: `x` holds `m` rows of `in` values.
+    pub(crate) fn product(&self, x: &[f32], m: usize) -> Vec<f32> {
+        let (k, bias) = (self.cols, self.bias.as_deref());
+        match &self.data {
+            Data::Bf16(w) => rows_times_panels(x, m, k, w, self.rows, None, bias),
             Data::Int8 { codes, scales } => {
-                rows_times_panels(&xs, m, k, codes, self.rows, Some(scales), bias)
+                rows_times_panels(x, m, k, codes, self.rows, Some(scales), bias)
             }
-        };
-        Tensor::from_vec(out, (m, self.rows), x.device())
+        }
     }
 }
 
