@@ -39,7 +39,7 @@ struct ModelArgs {
     /// Refuse images with more pixels than this (decompression-bomb guard; Pillow's limit by default).
     #[arg(long, default_value_t = glimpse_config::PILLOW_MAX_PIXELS)]
     max_pixels: u64,
-    /// Weights texts run on: fp32 (default; matches the reference), bf16, int8 or auto (see `serve`).
+    /// Weights the model runs on: fp32 (default; matches the reference), bf16, int8 or auto (see `serve`).
     #[arg(long, default_value = "fp32")]
     precision: Precision,
 }
@@ -130,6 +130,10 @@ enum Command {
         /// After indexing, keep watching the folders and index changes as they happen.
         #[arg(long)]
         watch: bool,
+        /// Weights images are embedded with: fp32, int8, bf16, or auto (int8 if every probe image
+        /// keeps cosine ≥ 0.999 to fp32, else fp32).
+        #[arg(long, env = "GLIMPSE_PRECISION", default_value = "auto")]
+        precision: Precision,
         /// Print a one-line JSON summary on stdout.
         #[arg(long)]
         json: bool,
@@ -143,7 +147,7 @@ enum Command {
         library: LibraryArgs,
         #[command(flatten)]
         model: OptionalModelArgs,
-        /// Weights the query runs on: fp32 (default; exact), bf16, int8 or auto (see `serve`).
+        /// Weights the query (and --like photo) run on: fp32 (default; exact), bf16, int8 or auto (see `serve`).
         #[arg(long, default_value = "fp32")]
         precision: Precision,
         /// What the photos show; `w:term` weights a term, `-term` pushes it away.
@@ -198,8 +202,8 @@ enum Command {
         library: LibraryArgs,
         #[command(flatten)]
         model: OptionalModelArgs,
-        /// Weights text queries run on: fp32, bf16, int8, or auto (int8 if every probe sentence
-        /// keeps cosine ≥ 0.999 to fp32, else bf16 under the same test, else fp32).
+        /// Weights the model runs on: fp32, bf16, int8, or auto (text queries: int8 if every probe
+        /// sentence keeps cosine ≥ 0.999 to fp32, else bf16, else fp32; images: int8 or fp32).
         #[arg(long, env = "GLIMPSE_PRECISION", default_value = "auto")]
         precision: Precision,
         /// Address to listen on (HOST:PORT). Anything but loopback needs --token.
@@ -306,8 +310,10 @@ fn run(cli: Cli, sub: &ArgMatches) -> anyhow::Result<()> {
             watch,
             json,
             commit_every,
+            precision,
         } => cmd::library::index(cmd::library::IndexArgs {
             commit_every,
+            precision,
             roots,
             library: library.library,
             model: model.spec(),

@@ -26,7 +26,8 @@ pub struct Clip {
     name: String,
     fingerprint: String,
     device: Device,
-    query_check: Option<QueryPrecisionCheck>,
+    query_check: Option<PrecisionCheck>,
+    image_check: Option<PrecisionCheck>,
 }
 
 /// The smallest cosine to fp32 that `auto` accepts for query embeddings.
@@ -43,9 +44,10 @@ const PROBES: [&str; 6] = [
     "",
 ];
 
-/// The outcome of [`Clip::set_query_precision`]'s comparison with fp32.
+/// The outcome of [`Clip::set_query_precision`]'s or
+/// [`Clip::set_image_precision`]'s comparison with fp32.
 #[derive(Clone, Copy, Debug, PartialEq)]
-pub struct QueryPrecisionCheck {
+pub struct PrecisionCheck {
     /// The precision in use.
     pub precision: Precision,
     /// The smallest cosine between a probe's embedding in this precision and
@@ -111,6 +113,7 @@ impl Clip {
             name: dir.display().to_string(),
             device: device.clone(),
             query_check: None,
+            image_check: None,
         })
     }
 
@@ -167,12 +170,8 @@ impl Clip {
         for &candidate in candidates {
             let bytes = self.model.set_query_precision(candidate)?;
             let got = self.probe_embeddings(&ids)?;
-            let min_cosine = reference
-                .iter()
-                .zip(&got)
-                .map(|(a, b)| a.iter().zip(b).map(|(x, y)| x * y).sum::<f32>())
-                .fold(1f32, f32::min);
-            let check = QueryPrecisionCheck {
+            let min_cosine = min_cosine(&reference, &got);
+            let check = PrecisionCheck {
                 precision: candidate,
                 min_cosine,
                 bytes,
@@ -205,8 +204,85 @@ impl Clip {
 
     /// How the reduced-precision query path compared with fp32 when it was
     /// set (`None` for fp32).
-    pub fn query_precision_check(&self) -> Option<&QueryPrecisionCheck> {
+    pub fn query_precision_check(&self) -> Option<&PrecisionCheck> {
         self.query_check.as_ref()
+    }
+
+    /// Makes image embedding read reduced-precision copies of the vision
+    /// tower's weights, checked against fp32 on synthetic probe images
+    /// (gradients, a checkerboard, rings, stripes). `Auto` takes int8 if every
+    /// probe keeps a cosine of at least [`AUTO_MIN_COSINE`], else fp32 (bf16
+    /// is not a candidate: on CPUs without bf16 instructions it is slower
+    /// than fp32 for batches, measured). An explicit choice is kept whatever
+    /// the cosine (see [`Clip::image_precision_check`]).
+    pub fn set_image_precision(&mut self, precision: Precision) -> Result<(), ClipError> {
+        self.model.set_image_precision(Precision::Fp32)?;
+        self.image_check = None;
+        let candidate = match precision.resolve() {
+            Precision::Fp32 => return Ok(()),
+            Precision::Bf16 if precision != Precision::Auto => Precision::Bf16,
+            _ => Precision::Int8,
+        };
+        let probes = self.probe_images();
+        let reference = self.embed_pixels(&probes, false)?;
+        let bytes = self.model.set_image_precision(candidate)?;
+        let got = self.embed_pixels(&probes, false)?;
+        let min_cosine = min_cosine(&reference, &got);
+        if precision == Precision::Auto && min_cosine < AUTO_MIN_COSINE {
+            self.model.set_image_precision(Precision::Fp32)?;
+            return Ok(());
+        }
+        self.image_check = Some(PrecisionCheck {
+            precision: candidate,
+            min_cosine,
+            bytes,
+        });
+        Ok(())
+    }
+
+    /// The precision images are embedded in (fp32 until
+    /// [`Clip::set_image_precision`] picks another).
+    pub fn image_precision(&self) -> Precision {
+        self.image_check.map_or(Precision::Fp32, |c| c.precision)
+    }
+
+    /// How the reduced-precision image path compared with fp32 when it was
+    /// set (`None` for fp32).
+    pub fn image_precision_check(&self) -> Option<&PrecisionCheck> {
+        self.image_check.as_ref()
+    }
+
+    /// Four normalised-pixel images with smooth and sharp structure, made
+    /// from formulas so the check needs no files.
+    fn probe_images(&self) -> Vec<Vec<f32>> {
+        let s = self.config().vision_config.image_size;
+        let c = self.config().vision_config.num_channels;
+        let pattern = |kind: usize, ch: usize, y: usize, x: usize| -> f32 {
+            let (u, v) = (x as f32 / s as f32, y as f32 / s as f32);
+            let value = match kind {
+                0 => [u, v, 1.0 - u][ch % 3],
+                1 => (((x / 8) + (y / 8)) % 2) as f32 * [0.9, 0.6, 0.2][ch % 3],
+                2 => {
+                    let r = ((u - 0.5).powi(2) + (v - 0.4).powi(2)).sqrt();
+                    0.5 + 0.5 * (r * 40.0 + ch as f32).sin()
+                }
+                _ => 0.5 + 0.5 * ((u * 7.0 + v * 3.0) * std::f32::consts::PI + ch as f32).cos(),
+            };
+            (value - 0.45) / 0.27
+        };
+        (0..4)
+            .map(|kind| {
+                let mut img = Vec::with_capacity(c * s * s);
+                for ch in 0..c {
+                    for y in 0..s {
+                        for x in 0..s {
+                            img.push(pattern(kind, ch, y, x));
+                        }
+                    }
+                }
+                img
+            })
+            .collect()
     }
 
     /// The network.
@@ -277,6 +353,14 @@ impl Clip {
         let features = self.model.image_features(&pixels)?;
         rows(&features, raw)
     }
+}
+
+/// The smallest cosine between paired normalised rows.
+fn min_cosine(a: &[Vec<f32>], b: &[Vec<f32>]) -> f32 {
+    a.iter()
+        .zip(b)
+        .map(|(x, y)| x.iter().zip(y).map(|(p, q)| p * q).sum::<f32>())
+        .fold(1f32, f32::min)
 }
 
 fn rows(features: &Tensor, raw: bool) -> Result<Vec<Vec<f32>>, ClipError> {

@@ -497,3 +497,50 @@ fn reduced_precision_image_embeddings_stay_close_to_the_reference() {
         exp.tol("image_embeds"),
     );
 }
+
+/// `Clip::set_image_precision`: `auto` takes int8 after checking it on the
+/// probe images; the fixture photos' embeddings then stay within 0.999 of
+/// the reference; fp32 drops the copies.
+#[test]
+fn image_precision_is_checked_when_set() {
+    use crate::{Precision, AUTO_MIN_COSINE};
+    let exp = Expected::load();
+    let reference = exp.get("image_embeds").to_vec2::<f32>().unwrap();
+    let pixels = exp.get("pixel_values");
+    let mut clip = Clip::load_dir(&fixture_dir(), &Device::Cpu).unwrap();
+    assert_eq!(clip.image_precision(), Precision::Fp32);
+    clip.set_image_precision(Precision::Auto).unwrap();
+    let report = clip.image_precision_check().copied().unwrap();
+    assert_eq!(
+        (report.precision, clip.image_precision()),
+        (Precision::Int8, Precision::Int8)
+    );
+    assert!(report.min_cosine >= AUTO_MIN_COSINE && report.bytes > 0);
+    let images: Vec<Vec<f32>> = (0..reference.len())
+        .map(|i| {
+            pixels
+                .get(i)
+                .unwrap()
+                .flatten_all()
+                .unwrap()
+                .to_vec1::<f32>()
+                .unwrap()
+        })
+        .collect();
+    let got = clip.embed_pixels(&images, false).unwrap();
+    for (i, (a, b)) in got.iter().zip(&reference).enumerate() {
+        let cosine: f32 = a.iter().zip(b).map(|(x, y)| x * y).sum();
+        assert!(cosine >= AUTO_MIN_COSINE, "image {i}: cosine {cosine}");
+    }
+    clip.set_image_precision(Precision::Bf16).unwrap();
+    assert_eq!(clip.image_precision(), Precision::Bf16);
+    clip.set_image_precision(Precision::Fp32).unwrap();
+    assert!(clip.image_precision_check().is_none());
+    let exact = Tensor::new(clip.embed_pixels(&images, false).unwrap(), &Device::Cpu).unwrap();
+    check(
+        "fp32 again",
+        &exact,
+        exp.get("image_embeds"),
+        exp.tol("image_embeds"),
+    );
+}

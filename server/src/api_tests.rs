@@ -81,6 +81,8 @@ fn state(fx: &Fixture, options: ServeOptions) -> AppState {
     let mut clip = Clip::load_dir(&tiny_model(), &candle_core::Device::Cpu).unwrap();
     clip.set_query_precision(glimpse_clip::Precision::Auto)
         .unwrap();
+    clip.set_image_precision(glimpse_clip::Precision::Auto)
+        .unwrap();
     let clip = Arc::new(clip);
     let library = Library::open(&fx.library).unwrap();
     AppState::new(library, clip, options).unwrap()

@@ -68,22 +68,57 @@ pub(crate) fn load_clip(spec: &ModelSpec) -> anyhow::Result<Clip> {
     Clip::load(spec).with_context(|| format!("loading model '{}'", spec.name))
 }
 
-/// Sets the text-query precision, saying on stderr what was chosen and how
-/// close to fp32 it stayed.
+/// Sets the precision of text queries and image embedding, saying on
+/// stderr what was chosen and how close to fp32 it stayed.
 pub(crate) fn set_precision(clip: &mut Clip, precision: Precision) -> anyhow::Result<()> {
     clip.set_query_precision(precision)
         .context("preparing the reduced-precision text weights")?;
-    if let Some(check) = clip.query_precision_check() {
-        eprintln!(
-            "text queries: {} weights ({:.0} MB), cosine to fp32 ≥ {:.5}",
-            check.precision,
-            check.bytes as f64 / 1e6,
-            check.min_cosine
-        );
-    } else if precision != Precision::Fp32 {
-        eprintln!("text queries: fp32 weights ({precision} would not stay within tolerance here)");
+    clip.set_image_precision(precision)
+        .context("preparing the reduced-precision image weights")?;
+    let checks = [
+        ("text queries", clip.query_precision_check()),
+        ("images", clip.image_precision_check()),
+    ];
+    for (what, check) in checks {
+        match check {
+            Some(check) => eprintln!(
+                "{what}: {} weights ({}), cosine to fp32 ≥ {:.5}",
+                check.precision,
+                megabytes(check.bytes),
+                check.min_cosine
+            ),
+            None if precision != Precision::Fp32 => {
+                eprintln!("{what}: fp32 weights ({precision} would not stay within tolerance or gain speed here)")
+            }
+            None => {}
+        }
     }
     Ok(())
+}
+
+/// Sets the precision of image embedding only (indexing embeds no text).
+fn set_image_precision(clip: &mut Clip, precision: Precision) -> anyhow::Result<()> {
+    clip.set_image_precision(precision)
+        .context("preparing the reduced-precision image weights")?;
+    if let Some(check) = clip.image_precision_check() {
+        eprintln!(
+            "images: {} weights ({}), cosine to fp32 ≥ {:.5}",
+            check.precision,
+            megabytes(check.bytes),
+            check.min_cosine
+        );
+    }
+    Ok(())
+}
+
+/// `38 MB`, or `0.2 MB` for small models.
+fn megabytes(bytes: usize) -> String {
+    let mb = bytes as f64 / 1e6;
+    if mb >= 10.0 {
+        format!("{mb:.0} MB")
+    } else {
+        format!("{mb:.1} MB")
+    }
 }
 
 /// Set by Ctrl-C: runs stop after committing what they have.
@@ -161,6 +196,8 @@ pub struct IndexArgs {
     pub json: bool,
     /// Commit cadence.
     pub commit_every: usize,
+    /// `--precision` of image embedding.
+    pub precision: Precision,
 }
 
 /// `glimpse index`.
@@ -168,11 +205,16 @@ pub fn index(args: IndexArgs) -> anyhow::Result<()> {
     let dir = library_dir(args.library)?;
     check_roots(&args.roots, "")?;
     let spec = choose_model(&dir, args.model.as_ref(), true)?;
-    let clip = load_clip(&spec)?;
+    let mut clip = load_clip(&spec)?;
     let identity = model_identity(&clip);
     let mut library = Library::open_or_create(&dir, &identity, args.reembed)?;
     if args.reembed && library.header().model != identity {
         library.reset_model(&identity)?;
+    }
+    // After the library accepted the model: the precision changes no
+    // identity (embeddings stay within cosine 0.999 of fp32).
+    if args.precision != Precision::Fp32 {
+        set_image_precision(&mut clip, args.precision)?;
     }
     let options = IndexOptions {
         walk: WalkOptions {

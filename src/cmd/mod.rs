@@ -23,6 +23,8 @@ pub fn load_model(
     let mut clip = Clip::load(spec).with_context(|| format!("loading model '{}'", spec.name))?;
     clip.set_query_precision(opts.precision)
         .context("preparing the reduced-precision text weights")?;
+    clip.set_image_precision(opts.precision)
+        .context("preparing the reduced-precision image weights")?;
     let mut pre = clip.preprocess().clone();
     pre.alpha = opts.alpha;
     pre.max_pixels = opts.max_pixels;

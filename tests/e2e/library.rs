@@ -207,6 +207,37 @@ fn index_then_search_status_and_failures() {
     let fused = search(&library, &["trip", "-k", "3"]);
     assert_eq!(fused["results"][0]["keyword_match"], true, "{fused}");
 
+    // The same photos indexed with fp32 image weights (the library above
+    // used the default, auto = int8 here): every embedding within cosine
+    // 0.999, and the same photos found (issue #6: top-10 overlap ≥ 9/10).
+    let exact_library = tmp.path().join("library-fp32");
+    index(&exact_library, &[&photos], &["--precision", "fp32"]);
+    let (auto_snap, exact_snap) = (snapshot(&library), snapshot(&exact_library));
+    assert_eq!(auto_snap.len(), exact_snap.len());
+    for ((path, a), (path2, b)) in auto_snap.values().zip(exact_snap.values()) {
+        assert_eq!(path, path2);
+        let cosine: f32 = a.iter().zip(b).map(|(x, y)| x * y).sum();
+        assert!(cosine >= 0.999, "{path}: cosine {cosine} to fp32");
+        assert!(cosine < 1.0 - 1e-7, "{path}: int8 images cannot be exact");
+    }
+    for query in [
+        "a dog on the beach",
+        "sunset over the mountains",
+        "a red car",
+    ] {
+        let ids = |lib: &Path| -> Vec<String> {
+            search(lib, &[query, "-k", "10"])["results"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|h| h["path"].as_str().unwrap().to_string())
+                .collect()
+        };
+        let (got, exact) = (ids(&library), ids(&exact_library));
+        let overlap = got.iter().filter(|p| exact.contains(p)).count();
+        assert!(overlap >= 9, "{query:?}: {got:?} vs {exact:?}");
+    }
+
     // Reduced-precision queries find the same photos (issue #6: top-10
     // overlap ≥ 9/10 against fp32).
     for query in [

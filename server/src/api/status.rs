@@ -23,6 +23,10 @@ struct ModelJson {
     query_precision: &'static str,
     /// Smallest cosine to fp32 on the probe sentences (absent for fp32).
     query_min_cosine: Option<f32>,
+    /// Weights uploaded photos (and `--watch` indexing) are embedded with.
+    image_precision: &'static str,
+    /// Smallest cosine to fp32 on the probe images (absent for fp32).
+    image_min_cosine: Option<f32>,
 }
 
 #[derive(Serialize)]
@@ -47,6 +51,8 @@ pub(crate) async fn status(state: web::Data<AppState>) -> Result<HttpResponse, A
             fingerprint: header.model.fingerprint.clone(),
             query_precision: state.clip.query_precision().name(),
             query_min_cosine: state.clip.query_precision_check().map(|c| c.min_cosine),
+            image_precision: state.clip.image_precision().name(),
+            image_min_cosine: state.clip.image_precision_check().map(|c| c.min_cosine),
         };
         let stats = library.stats()?;
         let dir = library.dir().display().to_string();
