@@ -87,50 +87,62 @@ fn main() {
     } else {
         &[1, 8, 32]
     };
-    // Images per precision of the vision tower's weights: rates per batch
-    // and the smallest cosine to fp32 over a batch of 8.
+    // Images per precision of the vision tower's weights: one model per
+    // precision (clones share the f32 weights), timed in turn batch after
+    // batch so that the machine's drift hits all alike; the smallest cosine
+    // to fp32 over a batch of 8.
+    let precisions = [Precision::Fp32, Precision::Bf16, Precision::Int8];
+    let models: Vec<ClipModel> = precisions
+        .iter()
+        .map(|&p| {
+            let mut m = model.clone();
+            m.set_image_precision(p).unwrap();
+            m
+        })
+        .collect();
     let probe = Tensor::randn(0f32, 1.0, (8, 3, s, s), &Device::Cpu).unwrap();
-    let probe_fp32 = if batches.is_empty() {
-        None
-    } else {
-        Some(model.image_features(&probe).unwrap())
-    };
     let mut images_by_precision = serde_json::Map::new();
-    for precision in [Precision::Fp32, Precision::Bf16, Precision::Int8] {
-        let Some(reference) = &probe_fp32 else { break };
-        model.set_image_precision(precision).unwrap();
-        let got = model.image_features(&probe).unwrap();
-        let min_cosine = (0..8)
-            .map(|i| {
-                let a = normalised(&reference.get(i).unwrap());
-                let b = normalised(&got.get(i).unwrap());
-                a.iter().zip(&b).map(|(x, y)| x * y).sum::<f32>()
-            })
-            .fold(1f32, f32::min);
-        let mut rates_by_batch = serde_json::Map::new();
-        for &batch in batches {
-            let pixels = Tensor::randn(0f32, 1.0, (batch, 3, s, s), &Device::Cpu).unwrap();
-            model.image_features(&pixels).unwrap(); // warm-up
-            let reps = if quick { 2 } else { (64 / batch).clamp(3, 16) };
-            let mut rates: Vec<f64> = (0..reps)
-                .map(|_| {
-                    let t = Instant::now();
-                    model.image_features(&pixels).unwrap();
-                    batch as f64 / t.elapsed().as_secs_f64()
-                })
-                .collect();
-            rates_by_batch.insert(
+    let mut rates = vec![serde_json::Map::new(); precisions.len()];
+    for &batch in batches {
+        let pixels = Tensor::randn(0f32, 1.0, (batch, 3, s, s), &Device::Cpu).unwrap();
+        for m in &models {
+            m.image_features(&pixels).unwrap(); // warm-up
+        }
+        let reps = if quick { 2 } else { (64 / batch).clamp(3, 16) };
+        let mut samples = vec![Vec::new(); models.len()];
+        for _ in 0..reps {
+            for (m, samples) in models.iter().zip(samples.iter_mut()) {
+                let t = Instant::now();
+                m.image_features(&pixels).unwrap();
+                samples.push(batch as f64 / t.elapsed().as_secs_f64());
+            }
+        }
+        for (r, mut samples) in rates.iter_mut().zip(samples) {
+            r.insert(
                 format!("batch_{batch}"),
-                serde_json::json!(median(&mut rates)),
+                serde_json::json!(median(&mut samples)),
             );
         }
-        if precision == Precision::Fp32 {
-            images = rates_by_batch.clone();
-        }
-        rates_by_batch.insert("min_cosine_to_fp32".into(), serde_json::json!(min_cosine));
-        images_by_precision.insert(precision.name().into(), rates_by_batch.into());
     }
-    model.set_image_precision(Precision::Fp32).unwrap();
+    if !batches.is_empty() {
+        let reference = models[0].image_features(&probe).unwrap();
+        for ((p, m), mut r) in precisions.iter().zip(&models).zip(rates) {
+            let got = m.image_features(&probe).unwrap();
+            let min_cosine = (0..8)
+                .map(|i| {
+                    let a = normalised(&reference.get(i).unwrap());
+                    let b = normalised(&got.get(i).unwrap());
+                    a.iter().zip(&b).map(|(x, y)| x * y).sum::<f32>()
+                })
+                .fold(1f32, f32::min);
+            if *p == Precision::Fp32 {
+                images = r.clone();
+            }
+            r.insert("min_cosine_to_fp32".into(), serde_json::json!(min_cosine));
+            images_by_precision.insert(p.name().into(), r.into());
+        }
+    }
+    drop(models);
 
     let b32 = images
         .get("batch_32")

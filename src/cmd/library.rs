@@ -88,7 +88,9 @@ pub(crate) fn set_precision(clip: &mut Clip, precision: Precision) -> anyhow::Re
                 check.min_cosine
             ),
             None if precision != Precision::Fp32 => {
-                eprintln!("{what}: fp32 weights ({precision} would not stay within tolerance or gain speed here)")
+                eprintln!(
+                    "{what}: fp32 weights (auto: the fastest here that stays within tolerance)"
+                )
             }
             None => {}
         }
