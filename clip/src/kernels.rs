@@ -76,7 +76,7 @@ impl CustomOp2 for SmallMatmulT {
         else {
             candle_core::bail!("small matmul takes contiguous tensors")
         };
-        let out = few_rows_times_weights(&x[xa..xb], m, k, &w[wa..wb], None);
+        let out = few_rows_times_weights(&x[xa..xb], m, k, &w[wa..wb]);
         Ok((CpuStorage::F32(out), Shape::from((m, n))))
     }
 }
@@ -183,15 +183,14 @@ impl WeightElem for i8 {
 }
 
 /// `x · wᵀ` (`[m, n]`, row-major) for `x` `[m, k]` and weights `w` `[n, k]`
-/// in any [`WeightElem`], each weight row `j` multiplied by `scales[j]` when
-/// given. Weight rows are split among threads in contiguous shares, each
-/// streamed from memory once whatever `m` is.
+/// in any [`WeightElem`] (unpacked; the fp32 query path). Weight rows are
+/// split among threads in contiguous shares, each streamed from memory once
+/// whatever `m` is.
 pub(crate) fn few_rows_times_weights<T: WeightElem>(
     x: &[f32],
     m: usize,
     k: usize,
     w: &[T],
-    scales: Option<&[f32]>,
 ) -> Vec<f32> {
     let n = w.len().checked_div(k).unwrap_or(0);
     let mut out_t = vec![0f32; n * m];
@@ -208,11 +207,6 @@ pub(crate) fn few_rows_times_weights<T: WeightElem>(
             let first = block * rows_per_task;
             let rows = out.len() / m;
             rows_times_weights(x, m, k, &w[first * k..(first + rows) * k], out);
-            if let Some(scales) = scales {
-                for (o, s) in out.chunks_exact_mut(m).zip(&scales[first..first + rows]) {
-                    o.iter_mut().for_each(|v| *v *= s);
-                }
-            }
         });
     let mut out = vec![0f32; m * n];
     for j in 0..n {

@@ -54,6 +54,20 @@ impl Expected {
     }
 }
 
+/// The fixture's captions, in the order of its expected outputs.
+fn captions() -> Vec<String> {
+    let meta: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(fixture_dir().join("expected_meta.json")).unwrap(),
+    )
+    .unwrap();
+    meta["captions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c.as_str().unwrap().to_string())
+        .collect()
+}
+
 fn max_abs(a: &Tensor, b: &Tensor) -> f32 {
     assert_eq!(a.dims(), b.dims(), "shapes differ");
     (a - b)
@@ -221,16 +235,8 @@ fn open_clip_layout_matches_reference() {
 fn tokenizer_and_text_path_match_reference_ids() {
     let exp = Expected::load();
     let clip = Clip::load_dir(&fixture_dir(), &Device::Cpu).unwrap();
-    let meta: serde_json::Value = serde_json::from_str(
-        &std::fs::read_to_string(fixture_dir().join("expected_meta.json")).unwrap(),
-    )
-    .unwrap();
-    let captions: Vec<&str> = meta["captions"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|c| c.as_str().unwrap())
-        .collect();
+    let captions = captions();
+    let captions: Vec<&str> = captions.iter().map(String::as_str).collect();
     for (cap, reference) in captions.iter().zip(exp.ids("input_ids_open_clip")) {
         let ours = clip.tokenize(cap).unwrap();
         assert_eq!(ours[..], reference[..ours.len()], "caption {cap:?}");
@@ -404,16 +410,8 @@ fn bad_directories_give_clear_errors() {
 fn reduced_precision_text_embeddings_stay_close_to_the_reference() {
     use crate::{Precision, AUTO_MIN_COSINE};
     let exp = Expected::load();
-    let meta: serde_json::Value = serde_json::from_str(
-        &std::fs::read_to_string(fixture_dir().join("expected_meta.json")).unwrap(),
-    )
-    .unwrap();
-    let captions: Vec<&str> = meta["captions"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|c| c.as_str().unwrap())
-        .collect();
+    let captions = captions();
+    let captions: Vec<&str> = captions.iter().map(String::as_str).collect();
     let reference = exp.get("text_embeds").to_vec2::<f32>().unwrap();
     for dir in [fixture_dir(), fixture_dir().join("open_clip")] {
         let mut clip = Clip::load_dir(&dir, &Device::Cpu).unwrap();

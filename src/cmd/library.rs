@@ -7,7 +7,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
-use glimpse_clip::{Clip, Precision};
+use glimpse_clip::{Clip, Precision, PrecisionCheck};
 use glimpse_config::{ModelSpec, DEFAULT_MODEL};
 use glimpse_indexer::{
     index_library, model_identity, IndexOptions, IndexSummary, Progress, WalkOptions,
@@ -75,26 +75,8 @@ pub(crate) fn set_precision(clip: &mut Clip, precision: Precision) -> anyhow::Re
         .context("preparing the reduced-precision text weights")?;
     clip.set_image_precision(precision)
         .context("preparing the reduced-precision image weights")?;
-    let checks = [
-        ("text queries", clip.query_precision_check()),
-        ("images", clip.image_precision_check()),
-    ];
-    for (what, check) in checks {
-        match check {
-            Some(check) => eprintln!(
-                "{what}: {} weights ({}), cosine to fp32 ≥ {:.5}",
-                check.precision,
-                megabytes(check.bytes),
-                check.min_cosine
-            ),
-            None if precision != Precision::Fp32 => {
-                eprintln!(
-                    "{what}: fp32 weights (auto: the fastest here that stays within tolerance)"
-                )
-            }
-            None => {}
-        }
-    }
+    report_precision("text queries", clip.query_precision_check(), precision);
+    report_precision("images", clip.image_precision_check(), precision);
     Ok(())
 }
 
@@ -102,15 +84,27 @@ pub(crate) fn set_precision(clip: &mut Clip, precision: Precision) -> anyhow::Re
 fn set_image_precision(clip: &mut Clip, precision: Precision) -> anyhow::Result<()> {
     clip.set_image_precision(precision)
         .context("preparing the reduced-precision image weights")?;
+    // Silent when images stay fp32: an index run's stderr is for progress.
     if let Some(check) = clip.image_precision_check() {
-        eprintln!(
-            "images: {} weights ({}), cosine to fp32 ≥ {:.5}",
+        report_precision("images", Some(check), precision);
+    }
+    Ok(())
+}
+
+/// One stderr line on what a tower runs on and how close to fp32 it stayed.
+fn report_precision(what: &str, check: Option<&PrecisionCheck>, asked: Precision) {
+    match check {
+        Some(check) => eprintln!(
+            "{what}: {} weights ({}), cosine to fp32 ≥ {:.5}",
             check.precision,
             megabytes(check.bytes),
             check.min_cosine
-        );
+        ),
+        None if asked != Precision::Fp32 => {
+            eprintln!("{what}: fp32 weights (auto: the fastest here that stays within tolerance)")
+        }
+        None => {}
     }
-    Ok(())
 }
 
 /// `38 MB`, or `0.2 MB` for small models.
