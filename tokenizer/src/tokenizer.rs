@@ -61,17 +61,9 @@ impl Tokenizer {
     /// patterns): build one and share it.
     pub fn clip() -> Self {
         let symbols = byte_symbols();
-        let pairs: Vec<(&str, &str)> = merge_lines(CLIP_MERGES)
-            .filter_map(|(_, line)| split_merge(line))
-            .collect();
-        let mut names: Vec<String> = Vec::with_capacity(512 + pairs.len() + 2);
-        for suffix in ["", "</w>"] {
-            names.extend(symbols.iter().map(|&(_, c)| format!("{c}{suffix}")));
-        }
-        let first_merge = names.len();
-        names.extend(pairs.iter().map(|(left, right)| format!("{left}{right}")));
-        names.push(SOT_LITERAL.to_owned());
-        names.push(EOT_LITERAL.to_owned());
+        let pairs = clip_merge_pairs();
+        let names = clip_token_names(&pairs, SOT_LITERAL, EOT_LITERAL);
+        let first_merge = 512;
         // As `dict(zip(vocab, range(len(vocab))))`: a repeated name keeps its last id.
         let vocab: HashMap<&str, u32> = names
             .iter()
@@ -94,6 +86,21 @@ impl Tokenizer {
             id_of(EOT_LITERAL).unwrap_or(EOT_ID),
             vocab_size,
         )
+    }
+
+    /// CLIP's vocabulary as Hugging Face's `vocab.json` (token → id, the
+    /// special tokens named `<|startoftext|>` / `<|endoftext|>`) and
+    /// `merges.txt`: what a model directory in HF layout carries, so that
+    /// a model Glimpse trains from scratch can be loaded by other tools.
+    /// [`Tokenizer::from_files`] on these files equals [`Tokenizer::clip`].
+    pub fn clip_files() -> (String, &'static str) {
+        let names = clip_token_names(&clip_merge_pairs(), "<|startoftext|>", "<|endoftext|>");
+        let map: serde_json::Map<String, serde_json::Value> = names
+            .into_iter()
+            .enumerate()
+            .map(|(id, name)| (name, serde_json::Value::from(id)))
+            .collect();
+        (serde_json::Value::Object(map).to_string(), CLIP_MERGES)
     }
 
     /// A tokenizer with the vocabulary of a model directory in Hugging Face's layout: `vocab`
@@ -338,6 +345,27 @@ fn byte_tables(symbols: &[(u8, char)], id_of: impl Fn(&str) -> u32) -> ([u32; 25
     (inner, end)
 }
 
+/// The merges of CLIP's embedded `merges.txt`, highest priority first.
+fn clip_merge_pairs() -> Vec<(&'static str, &'static str)> {
+    merge_lines(CLIP_MERGES)
+        .filter_map(|(_, line)| split_merge(line))
+        .collect()
+}
+
+/// CLIP's tokens in id order: the 256 byte symbols, the same ending a
+/// word, one per merge, then the start and end tokens (named `sot`/`eot`).
+fn clip_token_names(pairs: &[(&str, &str)], sot: &str, eot: &str) -> Vec<String> {
+    let symbols = byte_symbols();
+    let mut names: Vec<String> = Vec::with_capacity(512 + pairs.len() + 2);
+    for suffix in ["", "</w>"] {
+        names.extend(symbols.iter().map(|&(_, c)| format!("{c}{suffix}")));
+    }
+    names.extend(pairs.iter().map(|(left, right)| format!("{left}{right}")));
+    names.push(sot.to_owned());
+    names.push(eot.to_owned());
+    names
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -356,6 +384,32 @@ mod tests {
         assert_eq!(merge_lines(CLIP_MERGES).count(), 48_894);
         assert!(merge_lines(CLIP_MERGES).all(|(_, line)| split_merge(line).is_some()));
         assert_eq!((tokenizer.sot_id(), tokenizer.eot_id()), (SOT_ID, EOT_ID));
+    }
+
+    #[test]
+    fn clip_files_round_trip() {
+        let (vocab, merges) = Tokenizer::clip_files();
+        let dir = tempfile::tempdir().unwrap();
+        let (v, m) = (dir.path().join("vocab.json"), dir.path().join("merges.txt"));
+        std::fs::write(&v, &vocab).unwrap();
+        std::fs::write(&m, merges).unwrap();
+        let from_files = Tokenizer::from_files(&v, &m).unwrap();
+        let clip = Tokenizer::clip();
+        assert_eq!(from_files.vocab_size(), clip.vocab_size());
+        assert_eq!((from_files.sot_id(), from_files.eot_id()), (SOT_ID, EOT_ID));
+        for text in [
+            "a photo of a cat",
+            "Kids building a sandcastle at sunset!",
+            "naïve café 東京",
+        ] {
+            assert_eq!(
+                from_files.tokenize(text, 77).unwrap(),
+                clip.tokenize(text, 77).unwrap()
+            );
+        }
+        let parsed: serde_json::Value = serde_json::from_str(&vocab).unwrap();
+        assert_eq!(parsed["<|endoftext|>"], EOT_ID);
+        assert_eq!(parsed["cat</w>"], 2368);
     }
 
     #[test]
