@@ -117,6 +117,30 @@ impl Clip {
         })
     }
 
+    /// Wraps a model built in memory — the trainer's current weights,
+    /// detached — with its tokenizer and preprocessing recipe, so that it
+    /// embeds exactly as the same weights loaded from disk would. Its
+    /// fingerprint names it as in-memory (it is not a file).
+    pub fn from_model(
+        model: ClipModel,
+        tokenizer: Tokenizer,
+        preprocess: PreprocessConfig,
+        name: &str,
+    ) -> Self {
+        let device = model.logit_scale().device().clone();
+        Self {
+            model,
+            tokenizer,
+            preprocess,
+            layout: Layout::HuggingFace,
+            name: name.to_string(),
+            fingerprint: format!("in-memory:{name}"),
+            device,
+            query_check: None,
+            image_check: None,
+        }
+    }
+
     /// The model's name as given (a directory or hub id).
     pub fn name(&self) -> &str {
         &self.name

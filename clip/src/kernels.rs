@@ -520,7 +520,7 @@ mod avx2 {
 /// `x = n ln 2 + r` (Cody–Waite, two-part ln 2), `e^x = 2^n e^r` with a
 /// degree-7 polynomial for `e^r` on [-0.35, 0.35].
 #[inline(always)]
-fn exp(x: f32) -> f32 {
+pub(crate) fn exp(x: f32) -> f32 {
     let x = x.clamp(-87.0, 88.0);
     let n = (x * std::f32::consts::LOG2_E + 0.5).floor();
     let r = n.mul_add(2.121_944_4e-4, n.mul_add(-0.693_359_4, x));
@@ -535,7 +535,7 @@ fn exp(x: f32) -> f32 {
 
 /// Abramowitz & Stegun 7.1.26 (absolute error < 1.5e-7).
 #[inline(always)]
-fn erf(x: f32) -> f32 {
+pub(crate) fn erf(x: f32) -> f32 {
     let a = x.abs();
     let t = 1.0 / (1.0 + 0.327_591_1 * a);
     let poly = t

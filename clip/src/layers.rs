@@ -9,6 +9,7 @@
 use candle_core::{DType, Module, Result, Tensor, D};
 use candle_nn::{Init, VarBuilder};
 
+use crate::autograd;
 use crate::config::Activation;
 use std::sync::Arc;
 
@@ -48,6 +49,9 @@ impl Module for LayerNorm {
             let x = x.contiguous()?;
             return candle_nn::ops::layer_norm(&x, &self.weight, &self.bias, self.eps as f32);
         }
+        if x.dtype() == DType::F32 {
+            return autograd::layer_norm(x, &self.weight, &self.bias, self.eps as f32);
+        }
         let n = x.dim(D::Minus1)? as f64;
         let mean = (x.sum_keepdim(D::Minus1)? / n)?;
         let centred = x.broadcast_sub(&mean)?;
@@ -60,6 +64,11 @@ impl Module for LayerNorm {
 }
 
 impl LayerNorm {
+    /// Whether its gain is a trainable variable.
+    pub(crate) fn is_variable(&self) -> bool {
+        self.weight.is_variable()
+    }
+
     /// The gain and bias as plain vectors, for the fused few-row path.
     fn plain(&self) -> Result<(Vec<f32>, Vec<f32>, f32)> {
         Ok((
@@ -86,7 +95,9 @@ fn layer_norm_rows(x: &[f32], gain: &[f32], bias: &[f32], eps: f32, out: &mut [f
 /// Softmax over the last dimension: the fused kernel for inference, the
 /// differentiable composition when a gradient is needed.
 pub fn softmax_last_dim(x: &Tensor) -> Result<Tensor> {
-    if x.track_op() {
+    if x.track_op() && x.dtype() == DType::F32 {
+        autograd::softmax_last_dim(x)
+    } else if x.track_op() {
         candle_nn::ops::softmax(x, D::Minus1)
     } else {
         candle_nn::ops::softmax_last_dim(x)
@@ -178,7 +189,14 @@ impl Module for Linear {
             // does not depend on what it was batched with. It adds the bias.
             Some(q) if !x.track_op() && x.dtype() == DType::F32 => q.matmul_t(&x2.contiguous()?)?,
             _ if fast => self.add_bias(small_matmul_t(&x2, &self.weight)?)?,
-            _ => self.add_bias(x2.matmul(&self.weight.t()?)?)?,
+            _ => match &self.bias {
+                // Training: the bias's gradient is a column sum, which the
+                // fused op computes in one pass (see `autograd`).
+                Some(b) if x.dtype() == DType::F32 => {
+                    autograd::add_rows(&x2.matmul(&self.weight.t()?)?, b)?
+                }
+                _ => self.add_bias(x2.matmul(&self.weight.t()?)?)?,
+            },
         };
         let mut out_dims = dims.to_vec();
         let last = out_dims.len() - 1;
@@ -191,6 +209,9 @@ impl Module for Activation {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
         if !x.track_op() && x.dtype() == DType::F32 {
             return fused_activation(x, *self);
+        }
+        if x.dtype() == DType::F32 {
+            return autograd::activation(x, *self);
         }
         match self {
             Activation::QuickGelu => x * candle_nn::ops::sigmoid(&(x * 1.702)?)?,
@@ -245,11 +266,35 @@ impl Attention {
     /// Attention over `x` `[batch, seq, dim]`; `mask` (added to the scores,
     /// `[seq, seq]` or `[batch, 1, seq, seq]`) makes it causal.
     pub fn forward(&self, x: &Tensor, mask: Option<&Tensor>) -> Result<Tensor> {
-        let (b, n, d) = x.dims3()?;
-        let qkv = match &self.qkv {
-            Qkv::Fused(l) => l.forward(x)?,
-            Qkv::Separate(q, k, v) => fuse(q, k, v)?.forward(x)?,
-        };
+        let out = self.attend(&self.qkv(x)?, mask)?;
+        self.out_proj.forward(&out)
+    }
+
+    /// Attention over packed rows (see [`Packing`]): the projections run on
+    /// the real tokens only; the scores on the padded `[batch, seq]` grid.
+    pub(crate) fn forward_packed(
+        &self,
+        x: &Tensor,
+        packing: &Packing,
+        mask: &Tensor,
+    ) -> Result<Tensor> {
+        let qkv = self.qkv(x)?;
+        let out = self.attend(&packing.to_padded(&qkv)?, Some(mask))?;
+        self.out_proj.forward(&packing.to_packed(&out)?)
+    }
+
+    fn qkv(&self, x: &Tensor) -> Result<Tensor> {
+        match &self.qkv {
+            Qkv::Fused(l) => l.forward(x),
+            Qkv::Separate(q, k, v) => fuse(q, k, v)?.forward(x),
+        }
+    }
+
+    /// Scaled dot-product attention of `qkv` `[b, n, 3d]`, before the
+    /// output projection: `[b, n, d]`.
+    fn attend(&self, qkv: &Tensor, mask: Option<&Tensor>) -> Result<Tensor> {
+        let (b, n, d3) = qkv.dims3()?;
+        let d = d3 / 3;
         // [b, n, 3, heads, head_dim] -> [3, b, heads, n, head_dim]
         let qkv = qkv
             .reshape((b, n, 3, self.heads, self.head_dim))?
@@ -264,8 +309,74 @@ impl Attention {
             None => scores,
         };
         let probs = softmax_last_dim(&scores)?;
-        let out = probs.matmul(&v)?.transpose(1, 2)?.reshape((b, n, d))?;
-        self.out_proj.forward(&out)
+        probs.matmul(&v)?.transpose(1, 2)?.reshape((b, n, d))
+    }
+}
+
+/// Where the real tokens of a batch of causal sequences sit: row-wise
+/// layers (LayerNorm, projections, MLP) run on the `rows` real tokens
+/// only — for a training batch of captions about half of `batch × seq` —
+/// and attention on the padded grid. Under the causal mask a token never
+/// sees the padding after it, so the result is the padded computation's.
+#[derive(Clone, Debug)]
+pub(crate) struct Packing {
+    batch: usize,
+    seq: usize,
+    rows: usize,
+    /// For each grid cell, its packed row (or `rows`: a zero row).
+    grid_rows: Tensor,
+    /// For each packed row, its grid cell.
+    packed_cells: Tensor,
+}
+
+impl Packing {
+    /// The packing of sequences whose last real token is at `last[i]`.
+    pub(crate) fn new(last: &[usize], seq: usize, device: &candle_core::Device) -> Result<Self> {
+        let batch = last.len();
+        let mut grid = vec![0u32; batch * seq];
+        let mut cells = Vec::new();
+        for (i, &l) in last.iter().enumerate() {
+            for p in 0..seq {
+                grid[i * seq + p] = if p <= l {
+                    cells.push((i * seq + p) as u32);
+                    (cells.len() - 1) as u32
+                } else {
+                    u32::MAX
+                };
+            }
+        }
+        let rows = cells.len();
+        grid.iter_mut()
+            .filter(|g| **g == u32::MAX)
+            .for_each(|g| *g = rows as u32);
+        Ok(Self {
+            batch,
+            seq,
+            rows,
+            grid_rows: Tensor::from_vec(grid, batch * seq, device)?,
+            packed_cells: Tensor::from_vec(cells, rows, device)?,
+        })
+    }
+
+    /// Real tokens.
+    pub(crate) fn rows(&self) -> usize {
+        self.rows
+    }
+
+    /// `[rows, w]` to `[batch, seq, w]`, padding with zeros.
+    pub(crate) fn to_padded(&self, x: &Tensor) -> Result<Tensor> {
+        let w = x.dim(1)?;
+        let zero = Tensor::zeros((1, w), x.dtype(), x.device())?;
+        Tensor::cat(&[x, &zero], 0)?
+            .index_select(&self.grid_rows, 0)?
+            .reshape((self.batch, self.seq, w))
+    }
+
+    /// `[batch, seq, w]` to `[rows, w]`.
+    pub(crate) fn to_packed(&self, x: &Tensor) -> Result<Tensor> {
+        let w = x.dim(2)?;
+        x.reshape((self.batch * self.seq, w))?
+            .index_select(&self.packed_cells, 0)
     }
 }
 
@@ -494,6 +605,21 @@ impl EncoderLayer {
         Ok(bytes)
     }
 
+    /// Runs the block on packed rows `[rows, d]` (training; see [`Packing`]).
+    pub(crate) fn forward_packed(
+        &self,
+        x: &Tensor,
+        packing: &Packing,
+        mask: &Tensor,
+    ) -> Result<Tensor> {
+        let h = self
+            .self_attn
+            .forward_packed(&self.layer_norm1.forward(x)?, packing, mask)?;
+        let x = (x + h)?;
+        let h = self.mlp.forward(&self.layer_norm2.forward(&x)?)?;
+        x + h
+    }
+
     /// Runs the block.
     pub fn forward(&self, x: &Tensor, mask: Option<&Tensor>) -> Result<Tensor> {
         if let Some(fused) = &self.fused {
@@ -534,6 +660,20 @@ impl Encoder {
             bytes += layer.set_query_precision(precision)?;
         }
         Ok(bytes)
+    }
+
+    /// Runs all blocks on packed rows (see [`Packing`]).
+    pub(crate) fn forward_packed(
+        &self,
+        x: &Tensor,
+        packing: &Packing,
+        mask: &Tensor,
+    ) -> Result<Tensor> {
+        let mut x = x.clone();
+        for layer in &self.layers {
+            x = layer.forward_packed(&x, packing, mask)?;
+        }
+        Ok(x)
     }
 
     /// Runs all blocks; with `keep_hidden`, also returns the input and the

@@ -15,6 +15,7 @@
 //! pixels) and does not train (`glimpse-trainer` does, on [`ClipModel`]).
 #![warn(missing_docs)]
 
+mod autograd;
 mod checkpoint;
 mod config;
 mod embedder;

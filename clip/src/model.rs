@@ -119,6 +119,10 @@ impl ClipModel {
             .text_model
             .eot_positions(ids)
             .map_err(candle_core::Error::msg)?;
+        if self.text_model.is_trainable() {
+            let pooled = self.text_model.pooled_packed(ids, &eot)?;
+            return self.text_projection.forward(&pooled);
+        }
         let n = eot.iter().map(|p| p + 1).max().unwrap_or(1);
         let mut flat = Vec::with_capacity(ids.len() * n);
         for seq in ids {
@@ -157,6 +161,44 @@ mod tests {
     use crate::{l2_normalize, ClipConfig};
     use candle_core::Device;
     use candle_nn::VarMap;
+
+    /// The training path (each caption only up to its own EOT, row-wise
+    /// layers on the real tokens) gives the padded computation's result.
+    #[test]
+    fn packed_text_equals_padded() {
+        let json = r#"{"projection_dim": 8,
+            "text_config": {"vocab_size": 49408, "hidden_size": 16, "intermediate_size": 32,
+                            "num_hidden_layers": 2, "num_attention_heads": 2, "max_position_embeddings": 77},
+            "vision_config": {"hidden_size": 16, "intermediate_size": 32, "num_hidden_layers": 1,
+                              "num_attention_heads": 2, "image_size": 16, "patch_size": 8}}"#;
+        let cfg = ClipConfig::from_hf_json(json, "test").unwrap();
+        let varmap = VarMap::new();
+        let model = ClipModel::new(
+            &cfg,
+            VarBuilder::from_varmap(&varmap, DType::F32, &Device::Cpu),
+        )
+        .unwrap();
+        assert!(model.text_model().is_trainable());
+        let ids = vec![
+            vec![49406, 320, 1929, 539, 320, 2368, 49407],
+            vec![49406, 49407],
+            vec![49406, 4, 5, 49407, 0, 0, 0],
+        ];
+        let eot = model.text_model().eot_positions(&ids).unwrap();
+        let packed = model.text_model().pooled_packed(&ids, &eot).unwrap();
+        let flat: Vec<u32> = ids
+            .iter()
+            .flat_map(|s| s.iter().copied().chain(std::iter::repeat(0)).take(7))
+            .collect();
+        let grid = Tensor::from_vec(flat, (3, 7), &Device::Cpu).unwrap();
+        let padded = model
+            .text_model()
+            .forward(&grid, &eot, None, false)
+            .unwrap()
+            .pooled;
+        let d = crate::test_util::max_abs_diff(&packed, &padded);
+        assert!(d < 1e-5, "{d}");
+    }
 
     /// Every parameter gets a non-zero gradient from a contrastive loss —
     /// the property candle's own CLIP lacks (its fused LayerNorm has no

@@ -5,7 +5,7 @@ use candle_core::{Device, Module, Result, Tensor, D};
 use candle_nn::{Init, VarBuilder};
 
 use crate::config::TextConfig;
-use crate::layers::{Encoder, EncoderShape, LayerNorm};
+use crate::layers::{Encoder, EncoderShape, LayerNorm, Packing};
 use crate::precision::Precision;
 
 /// Outputs of the text tower for a batch of token sequences.
@@ -77,6 +77,13 @@ impl TextTransformer {
         self.encoder.set_query_precision(precision)
     }
 
+    /// Whether the tower is being trained (its head's weights are
+    /// variables; locking keeps the head for last, so any unlocked part
+    /// implies it).
+    pub fn is_trainable(&self) -> bool {
+        self.final_layer_norm.is_variable()
+    }
+
     /// The longest sequence the tower takes (77 for CLIP).
     pub fn context_length(&self) -> usize {
         self.context_length
@@ -133,7 +140,7 @@ impl TextTransformer {
             .token_embedding
             .index_select(&ids.flatten_all()?, 0)?
             .reshape((b, n, ()))?;
-        let x = x.broadcast_add(&self.position_embedding.narrow(0, 0, n)?)?;
+        let x = crate::autograd::add_positions(&x, &self.position_embedding.narrow(0, 0, n)?)?;
         let mask = match attention_mask {
             None => causal_mask(n, ids.device())?,
             Some(m) => padded_causal_mask(
@@ -155,6 +162,43 @@ impl TextTransformer {
             pooled,
             hidden_states,
         })
+    }
+
+    /// The pooled (final-LayerNorm) output at `eot` for sequences of any
+    /// lengths, computing only the tokens up to each sequence's own EOT
+    /// (see [`Packing`]): the training path, where a batch's captions
+    /// are on average about half as long as its longest. Equal to
+    /// [`TextTransformer::forward`]'s `pooled`.
+    pub fn pooled_packed(&self, ids: &[Vec<u32>], eot: &[usize]) -> Result<Tensor> {
+        let device = self.token_embedding.device();
+        let n = eot.iter().map(|p| p + 1).max().unwrap_or(1);
+        if n > self.context_length {
+            candle_core::bail!(
+                "{n} tokens is longer than the context length {}",
+                self.context_length
+            )
+        }
+        let packing = Packing::new(eot, n, device)?;
+        let mut tokens = Vec::with_capacity(packing.rows());
+        let mut positions = Vec::with_capacity(packing.rows());
+        let mut pooled_rows = Vec::with_capacity(ids.len());
+        for (seq, &last) in ids.iter().zip(eot) {
+            for (p, &id) in seq.iter().take(last + 1).enumerate() {
+                tokens.push(id);
+                positions.push(p as u32);
+            }
+            pooled_rows.push((tokens.len() - 1) as u32);
+        }
+        let rows = tokens.len();
+        let tokens = Tensor::from_vec(tokens, rows, device)?;
+        let positions = Tensor::from_vec(positions, rows, device)?;
+        let x = (self.token_embedding.index_select(&tokens, 0)?
+            + self.position_embedding.index_select(&positions, 0)?)?;
+        let mask = causal_mask(n, device)?;
+        let x = self.encoder.forward_packed(&x, &packing, &mask)?;
+        let pooled_rows = Tensor::from_vec(pooled_rows, ids.len(), device)?;
+        self.final_layer_norm
+            .forward(&x.index_select(&pooled_rows, 0)?)
     }
 
     /// Checks ids before they reach `index_select` (which would fail obscurely).

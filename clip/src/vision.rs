@@ -113,7 +113,10 @@ impl VisionTransformer {
             .class_embedding
             .reshape((1, 1, d))?
             .broadcast_as((b, 1, d))?;
-        let x = Tensor::cat(&[&cls, &x], 1)?.broadcast_add(&self.position_embedding)?;
+        let x = crate::autograd::add_positions(
+            &Tensor::cat(&[&cls, &x], 1)?,
+            &self.position_embedding,
+        )?;
         let x = self.pre_layrnorm.forward(&x)?;
         let (last, hidden_states) = self.encoder.forward(&x, None, keep_hidden)?;
         let pooled = self

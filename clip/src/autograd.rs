@@ -1,0 +1,458 @@
+//! Differentiable fused operations for training: LayerNorm, softmax, the
+//! MLP activations and adding a bias (or position embedding) to every row,
+//! each one pass forward and one pass backward over plain rows.
+//!
+//! Composed from candle's generic operations these are correct but slow on
+//! the CPU: a bias's gradient is a sum over the leading dimensions, which
+//! candle computes with two integer divisions per element, and a LayerNorm
+//! is ten operations, each allocating and each with its own backward pass.
+//! Training a small CLIP spent most of its backward pass there. The tests
+//! check every gradient against the composed operations.
+
+use candle_core::{CpuStorage, CustomOp1, CustomOp2, CustomOp3, Layout, Result, Shape, Tensor};
+use rayon::prelude::*;
+
+use crate::config::Activation;
+use crate::kernels::{activate, erf, exp};
+
+/// Rows handed to one thread at a time.
+const ROWS_PER_TASK: usize = 64;
+
+/// The f32 data of a contiguous tensor, copied only when not contiguous.
+fn values(t: &Tensor) -> Result<Vec<f32>> {
+    t.flatten_all()?.to_vec1::<f32>()
+}
+
+fn slice<'a>(storage: &'a CpuStorage, layout: &Layout, what: &str) -> Result<&'a [f32]> {
+    let CpuStorage::F32(data) = storage else {
+        candle_core::bail!("{what} takes f32")
+    };
+    let Some((a, b)) = layout.contiguous_offsets() else {
+        candle_core::bail!("{what} takes contiguous tensors")
+    };
+    Ok(&data[a..b])
+}
+
+/// `x + b` with `b` (of `k` values) added to every `k`-long row of `x`:
+/// a bias (`k` = width) or a position embedding (`k` = tokens × width).
+pub fn add_rows(x: &Tensor, b: &Tensor) -> Result<Tensor> {
+    x.contiguous()?.apply_op2(&b.contiguous()?, AddRows)
+}
+
+/// `x` `[batch, tokens, width]` plus a position embedding `[tokens, width]`:
+/// the fused [`add_rows`] when a gradient is needed, candle's broadcast
+/// otherwise (inference keeps its tested path).
+pub fn add_positions(x: &Tensor, positions: &Tensor) -> Result<Tensor> {
+    let tracking = x.track_op() || positions.track_op();
+    if !tracking || x.dtype() != candle_core::DType::F32 {
+        return x.broadcast_add(positions);
+    }
+    let (b, n, d) = x.dims3()?;
+    add_rows(&x.reshape((b, n * d))?, &positions.reshape(n * d)?)?.reshape((b, n, d))
+}
+
+struct AddRows;
+
+impl CustomOp2 for AddRows {
+    fn name(&self) -> &'static str {
+        "glimpse-add-rows"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let (x, b) = (slice(s1, l1, "add_rows")?, slice(s2, l2, "add_rows")?);
+        let k = b.len();
+        if k == 0 || x.len() % k != 0 {
+            candle_core::bail!("add_rows: {} values do not split into rows of {k}", x.len())
+        }
+        let mut out = x.to_vec();
+        out.par_chunks_mut(k)
+            .for_each(|row| row.iter_mut().zip(b).for_each(|(o, v)| *o += v));
+        Ok((CpuStorage::F32(out), l1.shape().clone()))
+    }
+
+    fn bwd(
+        &self,
+        _x: &Tensor,
+        b: &Tensor,
+        _res: &Tensor,
+        grad: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>)> {
+        let g = values(grad)?;
+        let k = b.elem_count();
+        let sums = column_sums(&g, k);
+        Ok((
+            Some(grad.clone()),
+            Some(Tensor::from_vec(sums, b.shape(), b.device())?),
+        ))
+    }
+}
+
+/// Sums of the `k` columns of `rows` (row-major, `k` wide), in parallel
+/// over blocks of rows, in a fixed order (deterministic).
+fn column_sums(rows: &[f32], k: usize) -> Vec<f32> {
+    let block = (ROWS_PER_TASK * k).max(k);
+    let partial: Vec<Vec<f32>> = rows
+        .par_chunks(block)
+        .map(|chunk| {
+            let mut acc = vec![0f32; k];
+            for row in chunk.chunks_exact(k) {
+                acc.iter_mut().zip(row).for_each(|(a, v)| *a += v);
+            }
+            acc
+        })
+        .collect();
+    let mut out = vec![0f32; k];
+    for p in partial {
+        out.iter_mut().zip(&p).for_each(|(o, v)| *o += v);
+    }
+    out
+}
+
+/// LayerNorm over the last dimension with gain `w` and bias `b`.
+pub fn layer_norm(x: &Tensor, w: &Tensor, b: &Tensor, eps: f32) -> Result<Tensor> {
+    x.contiguous()?
+        .apply_op3(&w.contiguous()?, &b.contiguous()?, LayerNormOp { eps })
+}
+
+struct LayerNormOp {
+    eps: f32,
+}
+
+/// Mean and 1/std of one row.
+fn moments(row: &[f32], eps: f32) -> (f32, f32) {
+    let d = row.len() as f32;
+    let mean = row.iter().sum::<f32>() / d;
+    let var = row.iter().map(|v| (v - mean) * (v - mean)).sum::<f32>() / d;
+    (mean, 1.0 / (var + eps).sqrt())
+}
+
+impl CustomOp3 for LayerNormOp {
+    fn name(&self) -> &'static str {
+        "glimpse-layer-norm"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let x = slice(s1, l1, "layer_norm")?;
+        let (w, b) = (slice(s2, l2, "layer_norm")?, slice(s3, l3, "layer_norm")?);
+        let d = w.len();
+        if d == 0 || b.len() != d || x.len() % d != 0 {
+            candle_core::bail!("layer_norm: input rows do not match the gain's {d} values")
+        }
+        let mut out = vec![0f32; x.len()];
+        let eps = self.eps;
+        out.par_chunks_mut(d * ROWS_PER_TASK)
+            .zip(x.par_chunks(d * ROWS_PER_TASK))
+            .for_each(|(o, x)| {
+                for (o, row) in o.chunks_exact_mut(d).zip(x.chunks_exact(d)) {
+                    let (mean, rstd) = moments(row, eps);
+                    for (((o, v), g), b) in o.iter_mut().zip(row).zip(w).zip(b) {
+                        *o = (v - mean) * rstd * g + b;
+                    }
+                }
+            });
+        Ok((CpuStorage::F32(out), l1.shape().clone()))
+    }
+
+    fn bwd(
+        &self,
+        x: &Tensor,
+        w: &Tensor,
+        b: &Tensor,
+        _res: &Tensor,
+        grad: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        let (xv, wv, g) = (values(x)?, values(w)?, values(grad)?);
+        let d = wv.len();
+        let eps = self.eps;
+        let mut dx = vec![0f32; xv.len()];
+        // Per block of rows: dx, and partial sums of dw (g·x̂) and db (g).
+        let partial: Vec<(Vec<f32>, Vec<f32>)> = dx
+            .par_chunks_mut(d * ROWS_PER_TASK)
+            .zip(xv.par_chunks(d * ROWS_PER_TASK))
+            .zip(g.par_chunks(d * ROWS_PER_TASK))
+            .map(|((dx, x), g)| {
+                let (mut dw, mut db) = (vec![0f32; d], vec![0f32; d]);
+                let mut xhat = vec![0f32; d];
+                for ((dx, row), g) in dx
+                    .chunks_exact_mut(d)
+                    .zip(x.chunks_exact(d))
+                    .zip(g.chunks_exact(d))
+                {
+                    let (mean, rstd) = moments(row, eps);
+                    let (mut sum_dy, mut sum_dy_xhat) = (0f32, 0f32);
+                    for i in 0..d {
+                        xhat[i] = (row[i] - mean) * rstd;
+                        let dy = g[i] * wv[i];
+                        sum_dy += dy;
+                        sum_dy_xhat += dy * xhat[i];
+                        dw[i] += g[i] * xhat[i];
+                        db[i] += g[i];
+                    }
+                    let (m1, m2) = (sum_dy / d as f32, sum_dy_xhat / d as f32);
+                    for i in 0..d {
+                        dx[i] = rstd * (g[i] * wv[i] - m1 - xhat[i] * m2);
+                    }
+                }
+                (dw, db)
+            })
+            .collect();
+        let (mut dw, mut db) = (vec![0f32; d], vec![0f32; d]);
+        for (pw, pb) in partial {
+            dw.iter_mut().zip(&pw).for_each(|(a, v)| *a += v);
+            db.iter_mut().zip(&pb).for_each(|(a, v)| *a += v);
+        }
+        Ok((
+            Some(Tensor::from_vec(dx, x.shape(), x.device())?),
+            Some(Tensor::from_vec(dw, w.shape(), w.device())?),
+            Some(Tensor::from_vec(db, b.shape(), b.device())?),
+        ))
+    }
+}
+
+/// Softmax over the last dimension.
+pub fn softmax_last_dim(x: &Tensor) -> Result<Tensor> {
+    x.contiguous()?.apply_op1(SoftmaxOp)
+}
+
+struct SoftmaxOp;
+
+impl CustomOp1 for SoftmaxOp {
+    fn name(&self) -> &'static str {
+        "glimpse-softmax"
+    }
+
+    fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> Result<(CpuStorage, Shape)> {
+        let x = slice(storage, layout, "softmax")?;
+        let d = *layout.shape().dims().last().unwrap_or(&1);
+        if d == 0 {
+            return Ok((CpuStorage::F32(Vec::new()), layout.shape().clone()));
+        }
+        let mut out = vec![0f32; x.len()];
+        out.par_chunks_mut(d * ROWS_PER_TASK)
+            .zip(x.par_chunks(d * ROWS_PER_TASK))
+            .for_each(|(o, x)| {
+                for (o, row) in o.chunks_exact_mut(d).zip(x.chunks_exact(d)) {
+                    let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+                    let mut sum = 0f32;
+                    for (o, v) in o.iter_mut().zip(row) {
+                        *o = exp(v - max);
+                        sum += *o;
+                    }
+                    o.iter_mut().for_each(|v| *v /= sum);
+                }
+            });
+        Ok((CpuStorage::F32(out), layout.shape().clone()))
+    }
+
+    fn bwd(&self, arg: &Tensor, res: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
+        let (y, g) = (values(res)?, values(grad)?);
+        let d = arg.dims().last().copied().unwrap_or(1).max(1);
+        let mut dx = vec![0f32; y.len()];
+        dx.par_chunks_mut(d * ROWS_PER_TASK)
+            .zip(y.par_chunks(d * ROWS_PER_TASK))
+            .zip(g.par_chunks(d * ROWS_PER_TASK))
+            .for_each(|((dx, y), g)| {
+                for ((dx, y), g) in dx
+                    .chunks_exact_mut(d)
+                    .zip(y.chunks_exact(d))
+                    .zip(g.chunks_exact(d))
+                {
+                    let dot: f32 = y.iter().zip(g).map(|(a, b)| a * b).sum();
+                    for ((o, y), g) in dx.iter_mut().zip(y).zip(g) {
+                        *o = y * (g - dot);
+                    }
+                }
+            });
+        Ok(Some(Tensor::from_vec(dx, arg.shape(), arg.device())?))
+    }
+}
+
+/// An MLP activation with its derivative.
+pub fn activation(x: &Tensor, act: Activation) -> Result<Tensor> {
+    x.contiguous()?.apply_op1(ActivationOp(act))
+}
+
+struct ActivationOp(Activation);
+
+impl CustomOp1 for ActivationOp {
+    fn name(&self) -> &'static str {
+        "glimpse-activation"
+    }
+
+    fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> Result<(CpuStorage, Shape)> {
+        let x = slice(storage, layout, "activation")?;
+        let mut out = vec![0f32; x.len()];
+        let act = self.0;
+        out.par_chunks_mut(1 << 14)
+            .zip(x.par_chunks(1 << 14))
+            .for_each(|(d, s)| activate(act, s, d));
+        Ok((CpuStorage::F32(out), layout.shape().clone()))
+    }
+
+    fn bwd(&self, arg: &Tensor, _res: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
+        let (x, g) = (values(arg)?, values(grad)?);
+        let mut dx = vec![0f32; x.len()];
+        let act = self.0;
+        dx.par_chunks_mut(1 << 14)
+            .zip(x.par_chunks(1 << 14))
+            .zip(g.par_chunks(1 << 14))
+            .for_each(|((dx, x), g)| {
+                for ((o, &x), &g) in dx.iter_mut().zip(x).zip(g) {
+                    *o = g * derivative(act, x);
+                }
+            });
+        Ok(Some(Tensor::from_vec(dx, arg.shape(), arg.device())?))
+    }
+}
+
+/// d act(x) / dx.
+fn derivative(act: Activation, x: f32) -> f32 {
+    match act {
+        Activation::QuickGelu => {
+            let s = 1.0 / (1.0 + exp(-1.702 * x));
+            s + 1.702 * x * s * (1.0 - s)
+        }
+        Activation::Gelu => {
+            let cdf = 0.5 * (1.0 + erf(x * std::f32::consts::FRAC_1_SQRT_2));
+            let pdf = exp(-0.5 * x * x) * 0.398_942_3; // 1/sqrt(2π)
+            cdf + x * pdf
+        }
+        Activation::GeluTanh => {
+            const C: f32 = 0.797_884_6; // sqrt(2/π)
+            let inner = C * (x + 0.044_715 * x * x * x);
+            let t = inner.tanh();
+            0.5 * (1.0 + t) + 0.5 * x * (1.0 - t * t) * C * (1.0 + 3.0 * 0.044_715 * x * x)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::{Device, Var, D};
+
+    fn close(a: &Tensor, b: &Tensor, tol: f32) {
+        let d = crate::test_util::max_abs_diff(a, b);
+        let scale = b
+            .abs()
+            .unwrap()
+            .max_all()
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap()
+            .max(1.0);
+        assert!(d <= tol * scale, "max diff {d} (scale {scale})");
+    }
+
+    fn check(
+        f_fused: impl Fn(&[Tensor]) -> Tensor,
+        f_composed: impl Fn(&[Tensor]) -> Tensor,
+        shapes: &[&[usize]],
+    ) {
+        let dev = Device::Cpu;
+        let vars: Vec<Var> = shapes
+            .iter()
+            .map(|s| Var::from_tensor(&Tensor::randn(0f32, 1.5, *s, &dev).unwrap()).unwrap())
+            .collect();
+        let ts: Vec<Tensor> = vars.iter().map(|v| v.as_tensor().clone()).collect();
+        let a = f_fused(&ts);
+        let b = f_composed(&ts);
+        close(&a, &b, 1e-5);
+        let w = Tensor::randn(0f32, 1.0, a.shape(), &dev).unwrap();
+        let ga = (&a * &w).unwrap().sum_all().unwrap().backward().unwrap();
+        let gb = (&b * &w).unwrap().sum_all().unwrap().backward().unwrap();
+        for v in &vars {
+            close(
+                ga.get(v.as_tensor()).unwrap(),
+                gb.get(v.as_tensor()).unwrap(),
+                1e-4,
+            );
+        }
+    }
+
+    #[test]
+    fn add_rows_matches_broadcast_add() {
+        check(
+            |t| add_rows(&t[0], &t[1]).unwrap(),
+            |t| t[0].broadcast_add(&t[1]).unwrap(),
+            &[&[5, 130, 33], &[33]],
+        );
+        // A position embedding: rows of tokens × width.
+        check(
+            |t| {
+                add_rows(&t[0].reshape((4, 21)).unwrap(), &t[1].reshape(21).unwrap())
+                    .unwrap()
+                    .reshape((4, 7, 3))
+                    .unwrap()
+            },
+            |t| t[0].broadcast_add(&t[1]).unwrap(),
+            &[&[4, 7, 3], &[7, 3]],
+        );
+    }
+
+    #[test]
+    fn layer_norm_matches_the_composition() {
+        let composed = |t: &[Tensor]| {
+            let x = &t[0];
+            let n = x.dim(D::Minus1).unwrap() as f64;
+            let mean = (x.sum_keepdim(D::Minus1).unwrap() / n).unwrap();
+            let c = x.broadcast_sub(&mean).unwrap();
+            let var = (c.sqr().unwrap().sum_keepdim(D::Minus1).unwrap() / n).unwrap();
+            let normed = c
+                .broadcast_div(&(var + 1e-5).unwrap().sqrt().unwrap())
+                .unwrap();
+            normed
+                .broadcast_mul(&t[1])
+                .unwrap()
+                .broadcast_add(&t[2])
+                .unwrap()
+        };
+        check(
+            |t| layer_norm(&t[0], &t[1], &t[2], 1e-5).unwrap(),
+            composed,
+            &[&[3, 70, 48], &[48], &[48]],
+        );
+    }
+
+    #[test]
+    fn softmax_matches_candle() {
+        check(
+            |t| softmax_last_dim(&t[0]).unwrap(),
+            |t| candle_nn::ops::softmax(&t[0], D::Minus1).unwrap(),
+            &[&[2, 3, 17, 17]],
+        );
+    }
+
+    #[test]
+    fn activations_match_candle() {
+        check(
+            |t| activation(&t[0], Activation::QuickGelu).unwrap(),
+            |t| (&t[0] * candle_nn::ops::sigmoid(&(&t[0] * 1.702).unwrap()).unwrap()).unwrap(),
+            &[&[9, 301]],
+        );
+        check(
+            |t| activation(&t[0], Activation::Gelu).unwrap(),
+            |t| t[0].gelu_erf().unwrap(),
+            &[&[9, 301]],
+        );
+        check(
+            |t| activation(&t[0], Activation::GeluTanh).unwrap(),
+            |t| t[0].gelu().unwrap(),
+            &[&[9, 301]],
+        );
+    }
+}
