@@ -6,6 +6,7 @@ use glimpse_indexer::IndexError;
 use glimpse_server::ServerError;
 use glimpse_store::StoreError;
 use glimpse_tokenizer::TokenizerError;
+use glimpse_trainer::TrainError;
 
 /// Shown under `--help`.
 pub const EXIT_CODES_HELP: &str =
@@ -51,15 +52,27 @@ pub fn code_for(e: &anyhow::Error) -> u8 {
             }
             return 3;
         }
-        if let Some(c) = cause.downcast_ref::<ClipError>() {
-            return match c {
-                ClipError::BadInput(_) | ClipError::Tokenizer(_) => 3,
-                ClipError::Tensor(_) => 1,
-                _ => 4,
+        if let Some(t) = cause.downcast_ref::<TrainError>() {
+            return match t {
+                TrainError::Model(c) => clip_code(c),
+                TrainError::BadOption(_) => 2,
+                e if e.is_user_error() => 3,
+                _ => 1,
             };
+        }
+        if let Some(c) = cause.downcast_ref::<ClipError>() {
+            return clip_code(c);
         }
     }
     1
+}
+
+fn clip_code(c: &ClipError) -> u8 {
+    match c {
+        ClipError::BadInput(_) | ClipError::Tokenizer(_) => 3,
+        ClipError::Tensor(_) => 1,
+        _ => 4,
+    }
 }
 
 fn store_code(e: &StoreError) -> u8 {

@@ -245,6 +245,10 @@ enum Command {
         #[arg(long)]
         raw: bool,
     },
+    /// Train (from scratch) or fine-tune a model on (image, caption) pairs; exports an HF-layout model.
+    Train(cmd::train::TrainArgs),
+    /// Recall@1/5/10 both ways on held-out pairs, and zero-shot accuracy with --classes.
+    Eval(cmd::train::EvalArgs),
     /// Zero-shot classification of images against text labels.
     Classify {
         #[command(flatten)]
@@ -377,6 +381,8 @@ fn run(cli: Cli, sub: &ArgMatches) -> anyhow::Result<()> {
             method,
             json,
         }),
+        Command::Train(args) => cmd::train::train(args),
+        Command::Eval(args) => cmd::train::eval(args),
         Command::Status { library, json } => cmd::library::status(library.library, json),
         Command::Failures { library, json } => cmd::library::failures(library.library, json),
         Command::Tokenize { context_length } => cmd::tokenize::run(context_length),

@@ -5,6 +5,7 @@ pub mod embed;
 pub mod library;
 pub mod serve;
 pub mod tokenize;
+pub mod train;
 
 use std::path::Path;
 

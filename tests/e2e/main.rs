@@ -9,6 +9,7 @@ mod hub;
 mod library;
 mod model_cli;
 mod serve;
+mod train;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
