@@ -8,9 +8,9 @@ use std::sync::atomic::AtomicBool;
 use glimpse_clip::{Clip, ClipConfig};
 use glimpse_config::PreprocessConfig;
 use glimpse_trainer::{
-    latest_checkpoint, read_checkpoint, read_pairs, run, DataOptions, Evaluation, Locking, Outcome,
-    PairSet, RetrievalSet, RunSpec, TokenizerFiles, TrainData, TrainOptions, TrainableModel,
-    Trainer,
+    latest_checkpoint, read_checkpoint, read_pairs, run, ClassSet, DataOptions, Evaluation,
+    Locking, Outcome, PairSet, RetrievalSet, RunSpec, TokenizerFiles, TrainData, TrainOptions,
+    TrainableModel, Trainer,
 };
 
 const COLOURS: [(&str, [u8; 3]); 4] = [
@@ -77,6 +77,21 @@ fn shapes_dataset(dir: &Path, per_caption: usize) -> PathBuf {
     }
     let path = dir.join("pairs.jsonl");
     std::fs::write(&path, lines.join("\n")).unwrap();
+    // The test images as a class set, labelled "red circle" etc.
+    let classes: Vec<String> = lines
+        .iter()
+        .filter(|l| l.contains("\"test\""))
+        .map(|l| {
+            let v: serde_json::Value = serde_json::from_str(l).unwrap();
+            let label = v["text"]
+                .as_str()
+                .unwrap()
+                .trim_start_matches("a ")
+                .to_string();
+            serde_json::json!({"image": v["image"], "label": label}).to_string()
+        })
+        .collect();
+    std::fs::write(dir.join("classes.jsonl"), classes.join("\n")).unwrap();
     path
 }
 
@@ -147,9 +162,12 @@ fn tiny_model_learns_coloured_shapes_and_exports() {
     let s = setup(dir.path(), 12);
     assert_eq!(s.pairs.held_out.len(), 24);
     let (held_out, _) = RetrievalSet::load(&s.pairs.held_out, &s.preprocess).unwrap();
+    let (classes, skipped) =
+        ClassSet::read(&dir.path().join("classes.jsonl"), None, &s.preprocess).unwrap();
+    assert_eq!(skipped.total(), 0);
     let evaluation = Evaluation {
         pairs: held_out,
-        classes: None,
+        classes: Some(classes),
     };
     let out = dir.path().join("run");
     let mut t = trainer(&s, options(300), None);
@@ -178,6 +196,10 @@ fn tiny_model_learns_coloured_shapes_and_exports() {
         after.image_to_text.r1
     );
     assert!(after.text_to_image.r1 > before.text_to_image.r1 + 0.3);
+    // Zero-shot: 12 classes named as in the captions, prompts it never saw.
+    let zs = after.zero_shot.unwrap();
+    assert_eq!((zs.classes, zs.n), (12, 24));
+    assert!(zs.top1 >= 0.3, "zero-shot top-1 {} (chance 1/12)", zs.top1);
 
     // The run folder: metrics, plot, evaluations, a final checkpoint.
     let metrics = std::fs::read_to_string(out.join("metrics.jsonl")).unwrap();
