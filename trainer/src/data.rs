@@ -522,7 +522,7 @@ mod tests {
             ),
         )
         .unwrap();
-        let set = read_pairs(&[data.clone()], &DataOptions::default()).unwrap();
+        let set = read_pairs(std::slice::from_ref(&data), &DataOptions::default()).unwrap();
         assert!(set.split_from_data);
         assert_eq!(set.train.len(), 1);
         assert_eq!(set.train[0].text, "a cat");
@@ -562,7 +562,7 @@ mod tests {
             "filepath,title\na.jpg,\"a cat, sleeping\"\nb.jpg,a dog\n",
         )
         .unwrap();
-        let set = read_pairs(&[csv.clone()], &DataOptions::default()).unwrap();
+        let set = read_pairs(std::slice::from_ref(&csv), &DataOptions::default()).unwrap();
         assert!(!set.split_from_data);
         let mut texts: Vec<_> = set
             .train
@@ -579,7 +579,7 @@ mod tests {
             "path\tcaption\tsplit\na.jpg\tred\ttrain\nb.jpg\tblue\tval\n",
         )
         .unwrap();
-        let err = read_pairs(&[tsv.clone()], &DataOptions::default()).unwrap_err();
+        let err = read_pairs(std::slice::from_ref(&tsv), &DataOptions::default()).unwrap_err();
         assert!(err.to_string().contains("no column 'filepath'"), "{err}");
         assert!(err.to_string().contains("path, caption, split"), "{err}");
         let named = DataOptions {
