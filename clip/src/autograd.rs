@@ -13,12 +13,12 @@ use candle_core::{CpuStorage, CustomOp1, CustomOp2, CustomOp3, Layout, Result, S
 use rayon::prelude::*;
 
 use crate::config::Activation;
-use crate::kernels::{activate, erf, exp};
+use crate::kernels::{erf, exp, ActOp};
 
 /// Rows handed to one thread at a time.
 const ROWS_PER_TASK: usize = 64;
 
-/// The f32 data of a contiguous tensor, copied only when not contiguous.
+/// The f32 values of a tensor, in row-major order.
 fn values(t: &Tensor) -> Result<Vec<f32>> {
     t.flatten_all()?.to_vec1::<f32>()
 }
@@ -281,42 +281,25 @@ impl CustomOp1 for SoftmaxOp {
     }
 }
 
-/// An MLP activation with its derivative.
+/// An MLP activation with its derivative (the inference kernel's forward
+/// pass, [`crate::kernels`]' `ActOp`, plus [`activation_grad`]).
 pub fn activation(x: &Tensor, act: Activation) -> Result<Tensor> {
-    x.contiguous()?.apply_op1(ActivationOp(act))
+    x.contiguous()?.apply_op1(ActOp(act))
 }
 
-struct ActivationOp(Activation);
-
-impl CustomOp1 for ActivationOp {
-    fn name(&self) -> &'static str {
-        "glimpse-activation"
-    }
-
-    fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> Result<(CpuStorage, Shape)> {
-        let x = slice(storage, layout, "activation")?;
-        let mut out = vec![0f32; x.len()];
-        let act = self.0;
-        out.par_chunks_mut(1 << 14)
-            .zip(x.par_chunks(1 << 14))
-            .for_each(|(d, s)| activate(act, s, d));
-        Ok((CpuStorage::F32(out), layout.shape().clone()))
-    }
-
-    fn bwd(&self, arg: &Tensor, _res: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
-        let (x, g) = (values(arg)?, values(grad)?);
-        let mut dx = vec![0f32; x.len()];
-        let act = self.0;
-        dx.par_chunks_mut(1 << 14)
-            .zip(x.par_chunks(1 << 14))
-            .zip(g.par_chunks(1 << 14))
-            .for_each(|((dx, x), g)| {
-                for ((o, &x), &g) in dx.iter_mut().zip(x).zip(g) {
-                    *o = g * derivative(act, x);
-                }
-            });
-        Ok(Some(Tensor::from_vec(dx, arg.shape(), arg.device())?))
-    }
+/// The gradient of an activation at `x` given the output's gradient.
+pub(crate) fn activation_grad(act: Activation, x: &Tensor, grad: &Tensor) -> Result<Tensor> {
+    let (xv, g) = (values(x)?, values(grad)?);
+    let mut dx = vec![0f32; xv.len()];
+    dx.par_chunks_mut(1 << 14)
+        .zip(xv.par_chunks(1 << 14))
+        .zip(g.par_chunks(1 << 14))
+        .for_each(|((dx, x), g)| {
+            for ((o, &x), &g) in dx.iter_mut().zip(x).zip(g) {
+                *o = g * derivative(act, x);
+            }
+        });
+    Tensor::from_vec(dx, x.shape(), x.device())
 }
 
 /// d act(x) / dx.

@@ -26,7 +26,9 @@ pub fn small_matmul_t(x: &Tensor, w: &Tensor) -> Result<Tensor> {
         .apply_op2_no_bwd(&w.contiguous()?, &SmallMatmulT)
 }
 
-struct ActOp(Activation);
+/// An activation in one vectorised, multi-threaded pass; differentiable
+/// through `apply_op1` (see `autograd::activation`).
+pub(crate) struct ActOp(pub(crate) Activation);
 
 impl CustomOp1 for ActOp {
     fn name(&self) -> &'static str {
@@ -47,6 +49,10 @@ impl CustomOp1 for ActOp {
             .zip(src.par_chunks(1 << 14))
             .for_each(|(d, s)| activate(act, s, d));
         Ok((CpuStorage::F32(dst), layout.shape().clone()))
+    }
+
+    fn bwd(&self, arg: &Tensor, _res: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
+        crate::autograd::activation_grad(self.0, arg, grad).map(Some)
     }
 }
 
