@@ -8,7 +8,9 @@
 //!   recall@10 of the graph against the exact scan, queries/s of both,
 //!   and RAM per photo of the loaded vectors.
 //!
-//! `cargo bench --bench library -- [--n N] [--skip-indexing] [--skip-vectors]`
+//! `cargo bench --bench library -- [--n N] [--skip-indexing] [--skip-vectors]
+//! [--no-graph]` (`--no-graph`: no graph recall or timings, so no graph is
+//! built for libraries the exact scan serves).
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::AtomicBool;
@@ -52,7 +54,7 @@ fn index_folder(model: &Path, photos: &Path) -> serde_json::Value {
     })
 }
 
-fn vectors(n: usize) -> serde_json::Value {
+fn vectors(n: usize, with_graph: bool) -> serde_json::Value {
     let dim = 512;
     let dir = tempfile::tempdir().expect("temp dir");
     let identity = ModelIdentity {
@@ -90,7 +92,7 @@ fn vectors(n: usize) -> serde_json::Value {
         .map(|i| clip_like(&mut rng, &centres, n + i * 13))
         .collect();
     let (mut found, mut total) = (0usize, 0usize);
-    for q in &queries {
+    for q in queries.iter().filter(|_| with_graph) {
         let (exact, approx) = library.compare_methods(q, 10, GRAPH_EF).expect("compare");
         total += exact.len();
         found += exact.iter().filter(|id| approx.contains(id)).count();
@@ -113,23 +115,31 @@ fn vectors(n: usize) -> serde_json::Value {
         (times[times.len() / 2], times[times.len() * 99 / 100])
     };
     let (exact_p50, exact_p99) = time_method(&mut library, SearchMethod::Exact);
-    let (graph_p50, graph_p99) = time_method(&mut library, SearchMethod::Graph);
+    let rss_after_exact = status_kb("VmRSS:");
+    let (graph_p50, graph_p99) = if with_graph {
+        time_method(&mut library, SearchMethod::Graph)
+    } else {
+        (f64::NAN, f64::NAN)
+    };
+    let rss_after_graph = status_kb("VmRSS:");
+    let per_photo = |kb: u64| (kb.saturating_sub(rss_before) * 1024) as f64 / n as f64;
     json!({
         "n": n,
         "dim": dim,
         "build_seconds": build_seconds,
         "open_ms": open_ms,
         "startup_ms": startup_ms,
-        "recall_at_10": found as f64 / total as f64,
+        "recall_at_10": if with_graph { json!(found as f64 / total as f64) } else { json!(null) },
         "graph_ef": GRAPH_EF,
         "exact_ms_p50": exact_p50,
         "exact_ms_p99": exact_p99,
         "exact_qps": 1e3 / exact_p50,
-        "graph_ms_p50": graph_p50,
-        "graph_ms_p99": graph_p99,
-        "graph_qps": 1e3 / graph_p50,
+        "graph_ms_p50": if with_graph { json!(graph_p50) } else { json!(null) },
+        "graph_ms_p99": if with_graph { json!(graph_p99) } else { json!(null) },
         "vector_bytes_per_photo": vector_bytes as f64 / n as f64,
-        "rss_bytes_per_photo_after_warm_up": (rss_after.saturating_sub(rss_before) * 1024) as f64 / n as f64,
+        "rss_bytes_per_photo_after_warm_up": per_photo(rss_after),
+        "rss_bytes_per_photo_after_exact_queries": per_photo(rss_after_exact),
+        "rss_bytes_per_photo_with_graph": if with_graph { json!(per_photo(rss_after_graph)) } else { json!(null) },
     })
 }
 
@@ -159,7 +169,7 @@ fn main() {
         report.insert("indexing_peak_rss_kb".into(), json!(status_kb("VmHWM:")));
     }
     if !flag("--skip-vectors") {
-        report.insert("vectors".into(), vectors(n));
+        report.insert("vectors".into(), vectors(n, !flag("--no-graph")));
     }
     println!("{}", serde_json::Value::Object(report));
 }

@@ -44,7 +44,7 @@ pub fn add_rows(x: &Tensor, b: &Tensor) -> Result<Tensor> {
 /// otherwise (inference keeps its tested path).
 pub fn add_positions(x: &Tensor, positions: &Tensor) -> Result<Tensor> {
     let tracking = x.track_op() || positions.track_op();
-    if !tracking || x.dtype() != candle_core::DType::F32 {
+    if !tracking || !crate::layers::on_cpu_f32(x) {
         return x.broadcast_add(positions);
     }
     let (b, n, d) = x.dims3()?;

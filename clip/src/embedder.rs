@@ -57,6 +57,20 @@ pub struct PrecisionCheck {
     pub bytes: usize,
 }
 
+/// The device models run on: the first CUDA GPU when this is a `cuda`
+/// build, one is present and `GLIMPSE_DEVICE` is not `cpu`; else the CPU.
+/// On a GPU the towers run candle's CUDA kernels in fp32 (the CPU's fused
+/// kernels and reduced-precision copies are not used there).
+pub fn default_device() -> Device {
+    #[cfg(feature = "cuda")]
+    if std::env::var("GLIMPSE_DEVICE").map_or(true, |v| v != "cpu") {
+        if let Ok(device) = Device::new_cuda(0) {
+            return device;
+        }
+    }
+    Device::Cpu
+}
+
 impl std::fmt::Debug for Clip {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Clip")
@@ -67,10 +81,11 @@ impl std::fmt::Debug for Clip {
 }
 
 impl Clip {
-    /// Loads the model a [`ModelSpec`] names (directory or hub id) on the CPU.
+    /// Loads the model a [`ModelSpec`] names (directory or hub id) on the
+    /// [`default_device`]: the CPU, or a CUDA GPU in a `cuda` build.
     pub fn load(spec: &ModelSpec) -> Result<Self, ClipError> {
         let dir = resolve_model(spec)?;
-        let mut clip = Self::load_dir(&dir, &Device::Cpu)?;
+        let mut clip = Self::load_dir(&dir, &default_device())?;
         clip.name = match &spec.revision {
             Some(revision) => format!("{}@{revision}", spec.name),
             None => spec.name.clone(),
@@ -180,6 +195,10 @@ impl Clip {
     pub fn set_query_precision(&mut self, precision: Precision) -> Result<(), ClipError> {
         self.model.set_query_precision(Precision::Fp32)?;
         self.query_check = None;
+        if !self.device.is_cpu() {
+            // Reduced-precision copies are a CPU kernel's; a GPU keeps fp32.
+            return Ok(());
+        }
         let candidates: &[Precision] = match precision.resolve() {
             Precision::Fp32 => return Ok(()),
             _ if precision == Precision::Auto => &[Precision::Int8, Precision::Bf16],
@@ -243,6 +262,9 @@ impl Clip {
     pub fn set_image_precision(&mut self, precision: Precision) -> Result<(), ClipError> {
         self.model.set_image_precision(Precision::Fp32)?;
         self.image_check = None;
+        if !self.device.is_cpu() {
+            return Ok(());
+        }
         let candidate = match precision {
             Precision::Fp32 | Precision::Auto => return Ok(()),
             p => p,

@@ -49,7 +49,7 @@ impl Module for LayerNorm {
             let x = x.contiguous()?;
             return candle_nn::ops::layer_norm(&x, &self.weight, &self.bias, self.eps as f32);
         }
-        if x.dtype() == DType::F32 {
+        if on_cpu_f32(x) {
             return autograd::layer_norm(x, &self.weight, &self.bias, self.eps as f32);
         }
         let n = x.dim(D::Minus1)? as f64;
@@ -79,6 +79,13 @@ impl LayerNorm {
     }
 }
 
+/// Whether `x` can take the CPU kernels of this crate (`kernels`,
+/// `autograd`, the reduced-precision copies): f32 in CPU memory. Tensors
+/// elsewhere (a CUDA GPU) take candle's own ops.
+pub(crate) fn on_cpu_f32(x: &Tensor) -> bool {
+    x.dtype() == DType::F32 && x.device().is_cpu()
+}
+
 /// LayerNorm of each `gain.len()`-wide row of `x` into `out`.
 fn layer_norm_rows(x: &[f32], gain: &[f32], bias: &[f32], eps: f32, out: &mut [f32]) {
     let d = gain.len();
@@ -95,7 +102,7 @@ fn layer_norm_rows(x: &[f32], gain: &[f32], bias: &[f32], eps: f32, out: &mut [f
 /// Softmax over the last dimension: the fused kernel for inference, the
 /// differentiable composition when a gradient is needed.
 pub fn softmax_last_dim(x: &Tensor) -> Result<Tensor> {
-    if x.track_op() && x.dtype() == DType::F32 {
+    if x.track_op() && on_cpu_f32(x) {
         autograd::softmax_last_dim(x)
     } else if x.track_op() {
         candle_nn::ops::softmax(x, D::Minus1)
@@ -146,6 +153,11 @@ impl Linear {
         if self.weight.is_variable() {
             candle_core::bail!("reduced-precision weights are for inference, not training")
         }
+        if !self.weight.device().is_cpu() {
+            // The copies are a CPU kernel's layout; a GPU keeps its weights.
+            self.query = None;
+            return Ok(());
+        }
         self.query = QueryWeights::new(&self.weight, self.bias.as_ref(), precision)?.map(Arc::new);
         Ok(())
     }
@@ -181,20 +193,17 @@ impl Module for Linear {
         let in_dim = dims[dims.len() - 1];
         let rows = x.elem_count() / in_dim.max(1);
         let x2 = x.reshape((rows, in_dim))?;
-        let fast =
-            rows <= SMALL_M && !x.track_op() && !self.weight.track_op() && x.dtype() == DType::F32;
+        let fast = rows <= SMALL_M && !x.track_op() && !self.weight.track_op() && on_cpu_f32(x);
         let y = match &self.query {
             // The reduced-precision copy serves every product without a
             // gradient, whatever the row count, so that a text's embedding
             // does not depend on what it was batched with. It adds the bias.
-            Some(q) if !x.track_op() && x.dtype() == DType::F32 => q.matmul_t(&x2.contiguous()?)?,
+            Some(q) if !x.track_op() && on_cpu_f32(x) => q.matmul_t(&x2.contiguous()?)?,
             _ if fast => self.add_bias(small_matmul_t(&x2, &self.weight)?)?,
             _ => match &self.bias {
                 // Training: the bias's gradient is a column sum, which the
                 // fused op computes in one pass (see `autograd`).
-                Some(b) if x.dtype() == DType::F32 => {
-                    autograd::add_rows(&x2.matmul(&self.weight.t()?)?, b)?
-                }
+                Some(b) if on_cpu_f32(x) => autograd::add_rows(&x2.matmul(&self.weight.t()?)?, b)?,
                 _ => self.add_bias(x2.matmul(&self.weight.t()?)?)?,
             },
         };
@@ -207,10 +216,10 @@ impl Module for Linear {
 
 impl Module for Activation {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        if !x.track_op() && x.dtype() == DType::F32 {
+        if !x.track_op() && on_cpu_f32(x) {
             return fused_activation(x, *self);
         }
-        if x.dtype() == DType::F32 {
+        if on_cpu_f32(x) {
             return autograd::activation(x, *self);
         }
         match self {
@@ -624,7 +633,7 @@ impl EncoderLayer {
     pub fn forward(&self, x: &Tensor, mask: Option<&Tensor>) -> Result<Tensor> {
         if let Some(fused) = &self.fused {
             let (b, n, _) = x.dims3()?;
-            if !x.track_op() && x.dtype() == DType::F32 && b * n <= FUSED_MAX_ROWS {
+            if !x.track_op() && on_cpu_f32(x) && b * n <= FUSED_MAX_ROWS {
                 return fused.forward(x, mask);
             }
         }

@@ -30,7 +30,7 @@ mod vision;
 
 pub use checkpoint::{Layout, ModelFiles};
 pub use config::{Activation, ClipConfig, TextConfig, VisionConfig};
-pub use embedder::{Clip, PrecisionCheck, AUTO_MIN_COSINE};
+pub use embedder::{default_device, Clip, PrecisionCheck, AUTO_MIN_COSINE};
 pub use error::ClipError;
 pub use hub::{resolve_model, resolve_model_with, HubOptions};
 pub use layers::{Attention, Encoder, EncoderLayer, EncoderShape, LayerNorm, Linear, Mlp};

@@ -49,7 +49,12 @@ impl ClipModel {
     pub fn set_query_precision(&mut self, precision: Precision) -> Result<usize> {
         let bytes = self.text_model.set_query_precision(precision)?;
         self.text_projection.set_query_precision(precision)?;
-        self.query_precision = precision.resolve();
+        // Copies exist only for the CPU; a GPU runs its own weights.
+        self.query_precision = if self.logit_scale.device().is_cpu() {
+            precision.resolve()
+        } else {
+            Precision::Fp32
+        };
         Ok(bytes + self.text_projection.query_bytes())
     }
 

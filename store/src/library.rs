@@ -707,11 +707,19 @@ impl Library {
     /// index is committed, the graph dumped (when it changed), and change-log
     /// entries both reflect are pruned. The indexer calls this at the end of
     /// a run and now and then during long ones.
+    ///
+    /// The graph is kept only where searches use it: when it is already in
+    /// memory, or when the library is larger than
+    /// [`EXACT_SCAN_MAX`](crate::EXACT_SCAN_MAX). Smaller libraries are
+    /// scanned exactly, and building a graph for them would cost time and
+    /// memory for nothing (it is built on first use if ever asked for).
     pub fn save_derived(&mut self) -> Result<(), StoreError> {
         self.keywords()?;
-        let needs_graph = self.graph.is_some()
-            || !self.dir.join("graph").join("state.json").exists()
-            || self.graph_is_stale()?;
+        let used = self.graph.is_some() || self.vectors()?.len() > crate::search::EXACT_SCAN_MAX;
+        let needs_graph = used
+            && (self.graph.is_some()
+                || !self.dir.join("graph").join("state.json").exists()
+                || self.graph_is_stale()?);
         if needs_graph {
             let graph_dir = self.dir.join("graph");
             self.graph()?;

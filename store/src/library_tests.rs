@@ -170,7 +170,13 @@ fn derived_indexes_catch_up_after_an_unsaved_session() {
                 .collect(),
         )
         .unwrap();
+        // A library this small is scanned exactly: saving builds no graph…
         lib.save_derived().unwrap();
+        assert!(!dir.path().join("graph").exists());
+        // …unless one is in use (here: asked for), which is then saved.
+        assert_eq!(lib.graph_points().unwrap(), (200, 200));
+        lib.save_derived().unwrap();
+        assert!(dir.path().join("graph/state.json").exists());
         // More commits, never saved (as if the process were killed).
         lib.commit(
             (200..300)

@@ -1,0 +1,379 @@
+//! End-to-end speed on the CPU (issue #6), as one JSON report, for a
+//! random-weight ViT-B/32 built with the real shapes (pretrained weights
+//! cannot be downloaded here; speed does not depend on the values):
+//!
+//! - `image_embeddings_per_s`: images/s at batch 1, 8 and 32 for each
+//!   precision of the vision tower's weights (fp32, bf16, int8), timed in
+//!   turn batch after batch, with the smallest cosine to fp32 over 8 images;
+//! - `query`: one text query — tokenise, encode (to the end-of-text token)
+//!   and search a library of N photos (default 100,000 CLIP-like 512-d
+//!   vectors) — p50/p99 per query precision, with the encode and search
+//!   parts and the smallest cosine to fp32 over five probe texts;
+//! - `indexing`: `glimpse index`'s pipeline (walk, read, decode, resize,
+//!   embed, thumbnails, commits) on the shared photos, files/s and
+//!   embedded images/s, next to the model alone at the indexer's batch size
+//!   measured just before;
+//! - `memory`: RAM per photo of the N-photo library once loaded for search;
+//! - `baseline`: one large f32 matmul's GFLOP/s in the same run, because
+//!   this shared machine is noisy and machines differ.
+//!
+//! `cargo bench --bench speed -- [--quick] [--n N] [--photos DIR]
+//! [--images-only | --query-only | --skip-indexing]`
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::AtomicBool;
+use std::sync::Mutex;
+use std::time::Instant;
+
+use candle_core::{DType, Device, Tensor};
+use candle_nn::VarBuilder;
+use glimpse_clip::{Clip, ClipConfig, ClipModel, Precision};
+use glimpse_config::PreprocessConfig;
+use glimpse_indexer::{index_library, model_identity, IndexOptions, WalkOptions};
+use glimpse_store::{Library, ModelIdentity, SearchRequest};
+use glimpse_tokenizer::Tokenizer;
+use serde_json::{json, Map, Value};
+
+mod support;
+use support::{status_kb, Rng};
+
+fn random_model(cfg: &ClipConfig) -> ClipModel {
+    let dev = Device::Cpu;
+    let tensors: HashMap<String, Tensor> = cfg
+        .expected_tensors()
+        .into_iter()
+        .map(|(name, shape)| {
+            let t = if name.contains("norm") && name.ends_with("weight") {
+                Tensor::ones(shape, DType::F32, &dev)
+            } else if shape.is_empty() {
+                Tensor::new(4.6052f32, &dev)
+            } else {
+                Tensor::randn(0f32, 0.02, shape, &dev)
+            };
+            (name, t.unwrap())
+        })
+        .collect();
+    ClipModel::new(cfg, VarBuilder::from_tensors(tensors, DType::F32, &dev)).unwrap()
+}
+
+fn normalised(t: &Tensor) -> Vec<f32> {
+    let v = t.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+    let norm = v.iter().map(|x| x * x).sum::<f32>().sqrt();
+    v.iter().map(|x| x / norm).collect()
+}
+
+fn median(xs: &mut [f64]) -> f64 {
+    xs.sort_by(f64::total_cmp);
+    xs[xs.len() / 2]
+}
+
+fn percentile(xs: &mut [f64], p: f64) -> f64 {
+    xs.sort_by(f64::total_cmp);
+    xs[((xs.len() as f64 - 1.0) * p).round() as usize]
+}
+
+/// GFLOP/s of one large f32 matmul (a ViT-B/32 MLP layer at batch 32) on
+/// this machine, measured in the same run: the baseline that makes the
+/// model's numbers comparable across noisy or different machines.
+fn matmul_gflops() -> f64 {
+    let x = Tensor::randn(0f32, 1.0, (1600, 768), &Device::Cpu).unwrap();
+    let w = Tensor::randn(0f32, 1.0, (768, 3072), &Device::Cpu).unwrap();
+    x.matmul(&w).unwrap();
+    let mut rates: Vec<f64> = (0..7)
+        .map(|_| {
+            let t = Instant::now();
+            x.matmul(&w).unwrap();
+            2.0 * 1600.0 * 768.0 * 3072.0 / t.elapsed().as_secs_f64() / 1e9
+        })
+        .collect();
+    median(&mut rates)
+}
+
+/// Multiply-adds ×2 of one ViT-B/32 image embedding (the linear layers and attention).
+const VIT_B_32_GFLOP: f64 = 8.8;
+
+/// Command-line switches of the benchmark.
+struct Args {
+    quick: bool,
+    images: bool,
+    query: bool,
+    indexing: bool,
+    library_size: usize,
+    photos: PathBuf,
+}
+
+impl Args {
+    fn parse() -> Self {
+        let args: Vec<String> = std::env::args().collect();
+        let flag = |name: &str| args.iter().any(|a| a == name);
+        let value = |name: &str| {
+            args.iter()
+                .position(|a| a == name)
+                .and_then(|i| args.get(i + 1))
+                .cloned()
+        };
+        let (images_only, query_only) = (flag("--images-only"), flag("--query-only"));
+        Self {
+            quick: flag("--quick"),
+            images: !query_only,
+            query: !images_only,
+            indexing: !images_only && !query_only && !flag("--skip-indexing"),
+            library_size: value("--n").and_then(|v| v.parse().ok()).unwrap_or(100_000),
+            photos: value("--photos")
+                .or_else(|| std::env::var("GLIMPSE_BENCH_PHOTOS").ok())
+                .map(PathBuf::from)
+                .unwrap_or_else(|| {
+                    Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/data/photos")
+                }),
+        }
+    }
+}
+
+/// Images/s per precision of the vision tower at each batch size, and the
+/// smallest cosine to fp32 over 8 random images.
+fn image_rates(model: &ClipModel, batches: &[usize], quick: bool) -> Map<String, Value> {
+    let s = model.config().vision_config.image_size;
+    // One model per precision (clones share the f32 weights), timed in turn
+    // batch after batch so that the machine's drift hits all alike.
+    let precisions = [Precision::Fp32, Precision::Bf16, Precision::Int8];
+    let models: Vec<ClipModel> = precisions
+        .iter()
+        .map(|&p| {
+            let mut m = model.clone();
+            m.set_image_precision(p).unwrap();
+            m
+        })
+        .collect();
+    let mut rates = vec![Map::new(); precisions.len()];
+    for &batch in batches {
+        let pixels = Tensor::randn(0f32, 1.0, (batch, 3, s, s), &Device::Cpu).unwrap();
+        for m in &models {
+            m.image_features(&pixels).unwrap(); // warm-up
+        }
+        let reps = if quick { 2 } else { (64 / batch).clamp(3, 16) };
+        let mut samples = vec![Vec::new(); models.len()];
+        for _ in 0..reps {
+            for (m, samples) in models.iter().zip(samples.iter_mut()) {
+                let t = Instant::now();
+                m.image_features(&pixels).unwrap();
+                samples.push(batch as f64 / t.elapsed().as_secs_f64());
+            }
+        }
+        for (r, mut samples) in rates.iter_mut().zip(samples) {
+            r.insert(format!("batch_{batch}"), json!(median(&mut samples)));
+        }
+    }
+    let probe = Tensor::randn(0f32, 1.0, (8, 3, s, s), &Device::Cpu).unwrap();
+    let reference = models[0].image_features(&probe).unwrap();
+    let mut by_precision = Map::new();
+    for ((p, m), mut r) in precisions.iter().zip(&models).zip(rates) {
+        let got = m.image_features(&probe).unwrap();
+        let min_cosine = (0..8)
+            .map(|i| {
+                let a = normalised(&reference.get(i).unwrap());
+                let b = normalised(&got.get(i).unwrap());
+                a.iter().zip(&b).map(|(x, y)| x * y).sum::<f32>()
+            })
+            .fold(1f32, f32::min);
+        r.insert("min_cosine_to_fp32".into(), json!(min_cosine));
+        by_precision.insert(p.name().into(), r.into());
+    }
+    by_precision
+}
+
+/// A library of `n` photos with CLIP-like 512-d embeddings, opened afresh
+/// and warmed up as a server would; with the RAM it takes per photo.
+fn synthetic_library(dir: &Path, n: usize) -> (Library, Value) {
+    let identity = ModelIdentity {
+        name: "bench/random".into(),
+        fingerprint: "bench".into(),
+        dim: 512,
+        preprocess: "bench".into(),
+    };
+    let mut rng = Rng(42);
+    let centres = support::centres(&mut rng, 256, 512);
+    {
+        let mut library = Library::open_or_create(dir, &identity, false).expect("library");
+        support::fill_library(&mut library, n, &mut rng, &centres);
+        library.save_derived().expect("save");
+    }
+    let rss_before = status_kb("VmRSS:");
+    let started = Instant::now();
+    let mut library = Library::open(dir).expect("open");
+    library.warm_up().expect("warm up");
+    let startup_ms = started.elapsed().as_secs_f64() * 1e3;
+    let rss_after = status_kb("VmRSS:");
+    let vector_bytes = library.vector_ram_bytes().expect("vectors");
+    let memory = json!({
+        "photos": n,
+        "startup_ms": startup_ms,
+        "rss_bytes_per_photo": (rss_after.saturating_sub(rss_before) * 1024) as f64 / n as f64,
+        "vector_bytes_per_photo": vector_bytes as f64 / n as f64,
+    });
+    (library, memory)
+}
+
+/// One text query end to end for each query precision: tokenise + encode
+/// (`Clip::embed_texts`) + search `library` for the top 10.
+fn query_latency(clip: &mut Clip, library: &mut Library, quick: bool) -> Value {
+    let query = "kids building a sandcastle at sunset";
+    let tokens = clip.tokenize(query).unwrap().len();
+    let probes = [
+        query,
+        "a dog running on the beach",
+        "red car",
+        "a black and white photo of an old lighthouse on a rocky coast in winter",
+        "birthday cake with candles",
+    ];
+    clip.set_query_precision(Precision::Fp32).unwrap();
+    let reference = clip.embed_texts(&probes, false).unwrap();
+    let runs = if quick { 20 } else { 200 };
+    let mut by_precision = Map::new();
+    for precision in [Precision::Fp32, Precision::Bf16, Precision::Int8] {
+        clip.set_query_precision(precision).unwrap();
+        let min_cosine = probes
+            .iter()
+            .zip(&reference)
+            .map(|(p, want)| {
+                let got = &clip.embed_texts(&[*p], false).unwrap()[0];
+                got.iter().zip(want).map(|(a, b)| a * b).sum::<f32>()
+            })
+            .fold(1f32, f32::min);
+        let search = |library: &mut Library, vector: Vec<f32>| {
+            let request = SearchRequest {
+                vector,
+                k: 10,
+                ..SearchRequest::default()
+            };
+            let hits = library.search(&request).expect("search").hits;
+            assert_eq!(hits.len(), 10);
+        };
+        for _ in 0..5 {
+            let v = clip.embed_texts(&[query], false).unwrap().remove(0);
+            search(library, v);
+        }
+        let (mut total, mut encode, mut search_ms) = (Vec::new(), Vec::new(), Vec::new());
+        for _ in 0..runs {
+            let t = Instant::now();
+            let v = clip.embed_texts(&[query], false).unwrap().remove(0);
+            let t2 = Instant::now();
+            search(library, v);
+            let end = Instant::now();
+            total.push((end - t).as_secs_f64() * 1e3);
+            encode.push((t2 - t).as_secs_f64() * 1e3);
+            search_ms.push((end - t2).as_secs_f64() * 1e3);
+        }
+        by_precision.insert(
+            precision.name().into(),
+            json!({
+                "latency_ms_p50": median(&mut total),
+                "latency_ms_p99": percentile(&mut total, 0.99),
+                "tokenize_encode_ms_p50": median(&mut encode),
+                "search_ms_p50": median(&mut search_ms),
+                "search_ms_p99": percentile(&mut search_ms, 0.99),
+                "min_cosine_to_fp32": min_cosine,
+            }),
+        );
+    }
+    json!({"text": query, "tokens": tokens, "top_k": 10, "by_precision": by_precision})
+}
+
+/// `glimpse index`'s pipeline on `photos` with `clip` (default options:
+/// image precision `auto` = fp32 here), next to the model alone at the
+/// indexer's batch size measured just before.
+fn indexing(clip: &Clip, photos: &Path, quick: bool) -> Value {
+    let options = IndexOptions {
+        walk: WalkOptions {
+            roots: vec![photos.to_path_buf()],
+            ..WalkOptions::default()
+        },
+        ..IndexOptions::default()
+    };
+    let batch = options.batch_size;
+    let s = clip.config().vision_config.image_size;
+    let pixels = Tensor::randn(0f32, 1.0, (batch, 3, s, s), &Device::Cpu).unwrap();
+    clip.model().image_features(&pixels).unwrap();
+    let mut rates: Vec<f64> = (0..if quick { 2 } else { 5 })
+        .map(|_| {
+            let t = Instant::now();
+            clip.model().image_features(&pixels).unwrap();
+            batch as f64 / t.elapsed().as_secs_f64()
+        })
+        .collect();
+    let model_rate = median(&mut rates);
+    let dir = tempfile::tempdir().expect("temp dir");
+    let library = Mutex::new(
+        Library::open_or_create(dir.path(), &model_identity(clip), false).expect("library"),
+    );
+    let cancel = AtomicBool::new(false);
+    let run = index_library(&library, clip, &options, &|_| {}, &cancel).expect("index");
+    let files = run.indexed + run.failed + run.unchanged;
+    let embedded_per_s = run.indexed as f64 / run.seconds;
+    json!({
+        "photos": photos.display().to_string(),
+        "files": files,
+        "indexed": run.indexed,
+        "failed": run.failed,
+        "seconds": run.seconds,
+        "files_per_s": files as f64 / run.seconds,
+        "embedded_images_per_s": embedded_per_s,
+        "model_alone_images_per_s": model_rate,
+        "model_batch_size": batch,
+        "embedded_over_model_alone": embedded_per_s / model_rate,
+    })
+}
+
+fn main() {
+    let args = Args::parse();
+    let gflops = matmul_gflops();
+    let cfg = ClipConfig::vit_b_32();
+    let model = random_model(&cfg);
+    let mut report = Map::new();
+    report.insert(
+        "model".into(),
+        json!("random-weight ViT-B/32 (openai/clip-vit-base-patch32 shapes)"),
+    );
+    report.insert(
+        "threads".into(),
+        json!(std::thread::available_parallelism().map_or(1, |n| n.get())),
+    );
+    let mut baseline = json!({ "matmul_gflops": gflops });
+    if args.images {
+        let batches: &[usize] = if args.query { &[1, 8, 32] } else { &[32] };
+        let images = image_rates(&model, batches, args.quick);
+        if let Some(b32) = images["fp32"].get("batch_32").and_then(Value::as_f64) {
+            baseline["batch_32_model_gflops"] = json!(b32 * VIT_B_32_GFLOP);
+            baseline["batch_32_fraction_of_matmul_rate"] = json!(b32 * VIT_B_32_GFLOP / gflops);
+        }
+        report.insert("image_embeddings_per_s".into(), images.into());
+    }
+    let mut clip = Clip::from_model(
+        model,
+        Tokenizer::clip(),
+        PreprocessConfig::openai(cfg.vision_config.image_size),
+        "bench/random-vit-b-32",
+    );
+    if args.query {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let (mut library, memory) = synthetic_library(dir.path(), args.library_size);
+        report.insert("memory".into(), memory);
+        report.insert(
+            "query".into(),
+            query_latency(&mut clip, &mut library, args.quick),
+        );
+    }
+    if args.indexing {
+        clip.set_query_precision(Precision::Fp32).unwrap();
+        if args.photos.is_dir() {
+            report.insert("indexing".into(), indexing(&clip, &args.photos, args.quick));
+        } else {
+            eprintln!("no photos at {}: indexing skipped", args.photos.display());
+        }
+    }
+    report.insert("baseline".into(), baseline);
+    println!(
+        "{}",
+        serde_json::to_string_pretty(&Value::Object(report)).unwrap()
+    );
+}
