@@ -125,41 +125,28 @@ impl AdamW {
             let Some(g) = grads.get(slot.var.as_tensor()) else {
                 continue;
             };
-            let g: Vec<f32> = g
-                .flatten_all()
-                .and_then(|g| g.to_vec1())
+            let g = g
+                .contiguous()
                 .map_err(TrainError::internal("reading a gradient"))?;
-            let mut p: Vec<f32> = slot
-                .var
-                .as_tensor()
-                .flatten_all()
-                .and_then(|p| p.to_vec1())
-                .map_err(TrainError::internal("reading a parameter"))?;
-            let decay = if slot.decay {
-                1.0 - (lr * c.weight_decay) as f32
-            } else {
-                1.0
+            let update = AdamWUpdate {
+                moments: std::cell::RefCell::new((&mut slot.m, &mut slot.v)),
+                decay: if slot.decay {
+                    1.0 - (lr * c.weight_decay) as f32
+                } else {
+                    1.0
+                },
+                b1,
+                b2,
+                eps,
+                step_size,
+                bc2_sqrt,
             };
-            // Element-wise, so splitting across threads changes no result.
-            const CHUNK: usize = 1 << 15;
-            p.par_chunks_mut(CHUNK)
-                .zip(g.par_chunks(CHUNK))
-                .zip(slot.m.par_chunks_mut(CHUNK))
-                .zip(slot.v.par_chunks_mut(CHUNK))
-                .for_each(|(((p, g), m), v)| {
-                    for (((p, g), m), v) in p.iter_mut().zip(g).zip(m).zip(v) {
-                        *p *= decay;
-                        *m = b1 * *m + (1.0 - b1) * g;
-                        *v = b2 * *v + (1.0 - b2) * g * g;
-                        *p -= step_size * *m / (v.sqrt() / bc2_sqrt + eps);
-                    }
-                });
-            let shape = slot.var.shape().clone();
-            let updated = Tensor::from_vec(p, shape, slot.var.device())
-                .map_err(TrainError::internal("writing a parameter"))?;
+            // In place: the parameter is not copied out and back, nor the
+            // gradient out (three passes over memory fewer per step).
             slot.var
-                .set(&updated)
-                .map_err(TrainError::internal("writing a parameter"))?;
+                .as_tensor()
+                .inplace_op2(&g, &update)
+                .map_err(TrainError::internal("updating a parameter"))?;
         }
         Ok(())
     }
@@ -260,6 +247,66 @@ pub fn clip_grad_norm(
         }
     }
     Ok(norm)
+}
+
+/// One AdamW update of a parameter's storage, in place, with its gradient
+/// (PyTorch's formula, see [`AdamW`]); element-wise, so splitting it across
+/// threads changes no result.
+struct AdamWUpdate<'a> {
+    moments: std::cell::RefCell<(&'a mut Vec<f32>, &'a mut Vec<f32>)>,
+    decay: f32,
+    b1: f32,
+    b2: f32,
+    eps: f32,
+    step_size: f32,
+    bc2_sqrt: f32,
+}
+
+impl candle_core::InplaceOp2 for AdamWUpdate<'_> {
+    fn name(&self) -> &'static str {
+        "adamw-update"
+    }
+
+    fn cpu_fwd(
+        &self,
+        param: &mut candle_core::CpuStorage,
+        param_layout: &candle_core::Layout,
+        grad: &candle_core::CpuStorage,
+        grad_layout: &candle_core::Layout,
+    ) -> candle_core::Result<()> {
+        use candle_core::CpuStorage;
+        let (CpuStorage::F32(p), CpuStorage::F32(g)) = (param, grad) else {
+            candle_core::bail!("AdamW updates f32 parameters")
+        };
+        let (Some((p0, p1)), Some((g0, g1))) = (
+            param_layout.contiguous_offsets(),
+            grad_layout.contiguous_offsets(),
+        ) else {
+            candle_core::bail!("AdamW takes contiguous parameters and gradients")
+        };
+        let (p, g) = (&mut p[p0..p1], &g[g0..g1]);
+        let mut moments = self.moments.borrow_mut();
+        let (m, v) = &mut *moments;
+        if g.len() != p.len() || m.len() != p.len() || v.len() != p.len() {
+            candle_core::bail!("AdamW: parameter, gradient and moments differ in size")
+        }
+        let (decay, b1, b2, eps) = (self.decay, self.b1, self.b2, self.eps);
+        let (step_size, bc2_sqrt) = (self.step_size, self.bc2_sqrt);
+        const CHUNK: usize = 1 << 15;
+        p.par_chunks_mut(CHUNK)
+            .zip(g.par_chunks(CHUNK))
+            .zip(m.par_chunks_mut(CHUNK))
+            .zip(v.par_chunks_mut(CHUNK))
+            .for_each(|(((p, g), m), v)| {
+                for (((p, g), m), v) in p.iter_mut().zip(g).zip(m).zip(v) {
+                    *p *= decay;
+                    *m = b1 * *m + (1.0 - b1) * g;
+                    *v = b2 * *v + (1.0 - b2) * g * g;
+                    *p -= step_size * *m / (v.sqrt() / bc2_sqrt + eps);
+                }
+            });
+        Ok(())
+    }
 }
 
 #[cfg(test)]
