@@ -281,6 +281,147 @@ impl CustomOp1 for SoftmaxOp {
     }
 }
 
+/// Scaled dot-product attention, differentiable, in one pass per sequence
+/// each way: `qkv` `[b, n, 3·heads·hd]` (q, k and v side by side, each
+/// `heads × hd` wide, as the fused projection makes them) to
+/// `[b, n, heads·hd]`, causal or not. The backward pass recomputes the
+/// probabilities (at most `n × n` per head) instead of keeping them, and
+/// writes the gradient of `qkv` directly — where candle's composition
+/// (permute, per-head batched matmuls, mask, softmax, and their backward
+/// passes) builds a dozen tensors per layer.
+pub fn attention(qkv: &Tensor, heads: usize, causal: bool) -> Result<Tensor> {
+    let (_, _, d3) = qkv.dims3()?;
+    if heads == 0 || d3 % (3 * heads) != 0 {
+        candle_core::bail!("attention: width {d3} is not 3 × {heads} heads")
+    }
+    qkv.contiguous()?.apply_op1(AttentionOp { heads, causal })
+}
+
+struct AttentionOp {
+    heads: usize,
+    causal: bool,
+}
+
+impl AttentionOp {
+    /// `p` (`n × n`, row `t` over keys `0..=t` when causal) = softmax of
+    /// the scaled scores of head `h` of one sequence `x` (`n × 3d`).
+    fn probabilities(&self, x: &[f32], n: usize, d: usize, h: usize, p: &mut [f32]) {
+        let hd = d / self.heads;
+        let scale = (hd as f32).powf(-0.5);
+        for t in 0..n {
+            let q = &x[t * 3 * d + h * hd..][..hd];
+            let keys = if self.causal { t + 1 } else { n };
+            let row = &mut p[t * n..(t + 1) * n];
+            let mut max = f32::NEG_INFINITY;
+            for (j, r) in row.iter_mut().enumerate().take(keys) {
+                let k = &x[j * 3 * d + d + h * hd..][..hd];
+                *r = scale * q.iter().zip(k).map(|(a, b)| a * b).sum::<f32>();
+                max = max.max(*r);
+            }
+            let mut sum = 0f32;
+            for r in row.iter_mut().take(keys) {
+                *r = exp(*r - max);
+                sum += *r;
+            }
+            for r in row.iter_mut().take(keys) {
+                *r /= sum;
+            }
+            row[keys..].fill(0.0);
+        }
+    }
+}
+
+impl CustomOp1 for AttentionOp {
+    fn name(&self) -> &'static str {
+        "glimpse-attention"
+    }
+
+    fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> Result<(CpuStorage, Shape)> {
+        let x = slice(storage, layout, "attention")?;
+        let (b, n, d3) = layout.shape().dims3()?;
+        let d = d3 / 3;
+        let hd = d / self.heads;
+        let mut out = vec![0f32; b * n * d];
+        if n > 0 && d > 0 {
+            out.par_chunks_mut(n * d)
+                .zip(x.par_chunks(n * d3))
+                .for_each(|(o, x)| {
+                    let mut p = vec![0f32; n * n];
+                    for h in 0..self.heads {
+                        self.probabilities(x, n, d, h, &mut p);
+                        for t in 0..n {
+                            let o = &mut o[t * d + h * hd..][..hd];
+                            for (j, &pj) in p[t * n..(t + 1) * n].iter().enumerate() {
+                                if pj != 0.0 {
+                                    let v = &x[j * d3 + 2 * d + h * hd..][..hd];
+                                    o.iter_mut().zip(v).for_each(|(o, v)| *o += pj * v);
+                                }
+                            }
+                        }
+                    }
+                });
+        }
+        Ok((CpuStorage::F32(out), Shape::from((b, n, d))))
+    }
+
+    fn bwd(&self, arg: &Tensor, _res: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
+        let (x, g) = (values(arg)?, values(grad)?);
+        let (b, n, d3) = arg.dims3()?;
+        let d = d3 / 3;
+        let hd = d / self.heads;
+        let scale = (hd as f32).powf(-0.5);
+        let mut dx = vec![0f32; b * n * d3];
+        if n > 0 && d > 0 {
+            dx.par_chunks_mut(n * d3)
+                .zip(x.par_chunks(n * d3))
+                .zip(g.par_chunks(n * d))
+                .for_each(|((dx, x), g)| {
+                    let mut p = vec![0f32; n * n];
+                    let mut ds = vec![0f32; n * n];
+                    for h in 0..self.heads {
+                        self.probabilities(x, n, d, h, &mut p);
+                        let (qo, ko, vo) = (h * hd, d + h * hd, 2 * d + h * hd);
+                        // dS = P ⊙ (dP − rowsum(P ⊙ dP)), dP = dO · Vᵀ;
+                        // dV = Pᵀ · dO.
+                        for t in 0..n {
+                            let go = &g[t * d + h * hd..][..hd];
+                            let keys = if self.causal { t + 1 } else { n };
+                            let mut dot = 0f32;
+                            for j in 0..keys {
+                                let v = &x[j * d3 + vo..][..hd];
+                                let dp = go.iter().zip(v).map(|(a, b)| a * b).sum::<f32>();
+                                ds[t * n + j] = dp;
+                                dot += p[t * n + j] * dp;
+                            }
+                            for j in 0..keys {
+                                let pj = p[t * n + j];
+                                ds[t * n + j] = pj * (ds[t * n + j] - dot) * scale;
+                                let dv = &mut dx[j * d3 + vo..][..hd];
+                                dv.iter_mut().zip(go).for_each(|(o, g)| *o += pj * g);
+                            }
+                        }
+                        // dQ = dS · K, dK = dSᵀ · Q (scale folded into dS).
+                        for t in 0..n {
+                            let keys = if self.causal { t + 1 } else { n };
+                            for j in 0..keys {
+                                let s = ds[t * n + j];
+                                if s == 0.0 {
+                                    continue;
+                                }
+                                let (k, q) = (&x[j * d3 + ko..][..hd], &x[t * d3 + qo..][..hd]);
+                                let dq = &mut dx[t * d3 + qo..][..hd];
+                                dq.iter_mut().zip(k).for_each(|(o, k)| *o += s * k);
+                                let dk = &mut dx[j * d3 + ko..][..hd];
+                                dk.iter_mut().zip(q).for_each(|(o, q)| *o += s * q);
+                            }
+                        }
+                    }
+                });
+        }
+        Ok(Some(Tensor::from_vec(dx, arg.shape(), arg.device())?))
+    }
+}
+
 /// An MLP activation with its derivative (the inference kernel's forward
 /// pass, [`crate::kernels`]' `ActOp`, plus [`activation_grad`]).
 pub fn activation(x: &Tensor, act: Activation) -> Result<Tensor> {
@@ -326,7 +467,7 @@ fn derivative(act: Activation, x: f32) -> f32 {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use candle_core::{Device, Var, D};
+    use candle_core::{DType, Device, Var, D};
 
     fn close(a: &Tensor, b: &Tensor, tol: f32) {
         let d = crate::test_util::max_abs_diff(a, b);
@@ -409,6 +550,58 @@ mod tests {
             composed,
             &[&[3, 70, 48], &[48], &[48]],
         );
+    }
+
+    #[test]
+    fn attention_matches_the_composition() {
+        // q, k, v side by side; heads of 4; causal and not.
+        let (b, n, heads, hd) = (3, 9, 2, 4);
+        let d = heads * hd;
+        for causal in [false, true] {
+            let composed = |t: &[Tensor]| {
+                let qkv = t[0]
+                    .reshape((b, n, 3, heads, hd))
+                    .unwrap()
+                    .permute((2, 0, 3, 1, 4))
+                    .unwrap();
+                let q =
+                    (qkv.get(0).unwrap().contiguous().unwrap() * (hd as f64).powf(-0.5)).unwrap();
+                let k = qkv.get(1).unwrap().contiguous().unwrap();
+                let v = qkv.get(2).unwrap().contiguous().unwrap();
+                let mut scores = q.matmul(&k.t().unwrap()).unwrap();
+                if causal {
+                    let mask: Vec<f32> = (0..n * n)
+                        .map(|i| {
+                            if i % n > i / n {
+                                f32::NEG_INFINITY
+                            } else {
+                                0.0
+                            }
+                        })
+                        .collect();
+                    let mask = Tensor::from_vec(mask, (n, n), &Device::Cpu).unwrap();
+                    scores = scores.broadcast_add(&mask).unwrap();
+                }
+                let p = candle_nn::ops::softmax(&scores, D::Minus1).unwrap();
+                p.matmul(&v)
+                    .unwrap()
+                    .transpose(1, 2)
+                    .unwrap()
+                    .reshape((b, n, d))
+                    .unwrap()
+            };
+            check(
+                |t| attention(&t[0], heads, causal).unwrap(),
+                composed,
+                &[&[b, n, 3 * d]],
+            );
+        }
+        assert!(attention(
+            &Tensor::zeros((1, 2, 9), DType::F32, &Device::Cpu).unwrap(),
+            2,
+            false
+        )
+        .is_err());
     }
 
     #[test]

@@ -528,8 +528,14 @@ mod avx2 {
 #[inline(always)]
 pub(crate) fn exp(x: f32) -> f32 {
     let x = x.clamp(-87.0, 88.0);
-    let n = (x * std::f32::consts::LOG2_E + 0.5).floor();
-    let r = n.mul_add(2.121_944_4e-4, n.mul_add(-0.693_359_4, x));
+    // floor(t) and the Cody–Waite reduction without `floorf` / `fmaf`
+    // calls (neither is an instruction on the baseline x86-64 target):
+    // |n| ≤ 127 and the first constant has 9 significant bits, so `n · c1`
+    // is exact and `x - n · c1` loses nothing.
+    let t = x * std::f32::consts::LOG2_E + 0.5;
+    let n = t as i32;
+    let n = (if n as f32 > t { n - 1 } else { n }) as f32;
+    let r = (x - n * 0.693_359_4) + n * 2.121_944_4e-4;
     let p = 1.0
         + r * (1.0
             + r * (0.5

@@ -275,7 +275,13 @@ impl Attention {
     /// Attention over `x` `[batch, seq, dim]`; `mask` (added to the scores,
     /// `[seq, seq]` or `[batch, 1, seq, seq]`) makes it causal.
     pub fn forward(&self, x: &Tensor, mask: Option<&Tensor>) -> Result<Tensor> {
-        let out = self.attend(&self.qkv(x)?, mask)?;
+        let qkv = self.qkv(x)?;
+        let out = if mask.is_none() && qkv.track_op() && on_cpu_f32(&qkv) {
+            // Training: one fused pass each way (see `autograd::attention`).
+            autograd::attention(&qkv, self.heads, false)?
+        } else {
+            self.attend(&qkv, mask)?
+        };
         self.out_proj.forward(&out)
     }
 
@@ -287,8 +293,14 @@ impl Attention {
         packing: &Packing,
         mask: &Tensor,
     ) -> Result<Tensor> {
-        let qkv = self.qkv(x)?;
-        let out = self.attend(&packing.to_padded(&qkv)?, Some(mask))?;
+        let qkv = packing.to_padded(&self.qkv(x)?)?;
+        // `mask` is the causal mask (the only one packing allows): training
+        // takes the fused causal pass.
+        let out = if qkv.track_op() && on_cpu_f32(&qkv) {
+            autograd::attention(&qkv, self.heads, true)?
+        } else {
+            self.attend(&qkv, Some(mask))?
+        };
         self.out_proj.forward(&packing.to_packed(&out)?)
     }
 
