@@ -13,11 +13,9 @@
 //! built for libraries the exact scan serves).
 
 use std::path::{Path, PathBuf};
-use std::sync::atomic::AtomicBool;
 use std::time::Instant;
 
 use glimpse_clip::Clip;
-use glimpse_indexer::{index_library, model_identity, IndexOptions, WalkOptions};
 use glimpse_store::{Library, ModelIdentity, SearchMethod, SearchRequest, GRAPH_EF};
 use serde_json::json;
 
@@ -26,32 +24,12 @@ use support::{clip_like, status_kb, Rng};
 
 fn index_folder(model: &Path, photos: &Path) -> serde_json::Value {
     let clip = Clip::load_dir(model, &candle_core::Device::Cpu).expect("model loads");
-    let dir = tempfile::tempdir().expect("temp dir");
-    let library = std::sync::Mutex::new(
-        Library::open_or_create(dir.path(), &model_identity(&clip), false).expect("library"),
-    );
-    let options = IndexOptions {
-        walk: WalkOptions {
-            roots: vec![photos.to_path_buf()],
-            ..WalkOptions::default()
-        },
-        ..IndexOptions::default()
-    };
-    let cancel = AtomicBool::new(false);
-    let first = index_library(&library, &clip, &options, &|_| {}, &cancel).expect("index");
-    let second = index_library(&library, &clip, &options, &|_| {}, &cancel).expect("index");
-    let files = first.indexed + first.failed + first.unchanged;
-    json!({
-        "model": model.display().to_string(),
-        "files": files,
-        "indexed": first.indexed,
-        "failed": first.failed,
-        "seconds": first.seconds,
-        "files_per_s": files as f64 / first.seconds,
-        "indexed_per_s": first.indexed as f64 / first.seconds,
-        "second_run_seconds": second.seconds,
-        "second_run_unchanged": second.unchanged,
-    })
+    let runs = support::index_photos(&clip, photos, 2);
+    let mut report = support::index_report(&runs[0]);
+    report.insert("model".into(), json!(model.display().to_string()));
+    report.insert("second_run_seconds".into(), json!(runs[1].seconds));
+    report.insert("second_run_unchanged".into(), json!(runs[1].unchanged));
+    report.into()
 }
 
 fn vectors(n: usize, with_graph: bool) -> serde_json::Value {

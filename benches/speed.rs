@@ -22,15 +22,12 @@
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::AtomicBool;
-use std::sync::Mutex;
 use std::time::Instant;
 
 use candle_core::{DType, Device, Tensor};
 use candle_nn::VarBuilder;
 use glimpse_clip::{Clip, ClipConfig, ClipModel, Precision};
 use glimpse_config::PreprocessConfig;
-use glimpse_indexer::{index_library, model_identity, IndexOptions, WalkOptions};
 use glimpse_store::{Library, ModelIdentity, SearchRequest};
 use glimpse_tokenizer::Tokenizer;
 use serde_json::{json, Map, Value};
@@ -283,14 +280,7 @@ fn query_latency(clip: &mut Clip, library: &mut Library, quick: bool) -> Value {
 /// image precision `auto` = fp32 here), next to the model alone at the
 /// indexer's batch size measured just before.
 fn indexing(clip: &Clip, photos: &Path, quick: bool) -> Value {
-    let options = IndexOptions {
-        walk: WalkOptions {
-            roots: vec![photos.to_path_buf()],
-            ..WalkOptions::default()
-        },
-        ..IndexOptions::default()
-    };
-    let batch = options.batch_size;
+    let batch = support::index_options(photos).batch_size;
     let s = clip.config().vision_config.image_size;
     let pixels = Tensor::randn(0f32, 1.0, (batch, 3, s, s), &Device::Cpu).unwrap();
     clip.model().image_features(&pixels).unwrap();
@@ -302,26 +292,18 @@ fn indexing(clip: &Clip, photos: &Path, quick: bool) -> Value {
         })
         .collect();
     let model_rate = median(&mut rates);
-    let dir = tempfile::tempdir().expect("temp dir");
-    let library = Mutex::new(
-        Library::open_or_create(dir.path(), &model_identity(clip), false).expect("library"),
-    );
-    let cancel = AtomicBool::new(false);
-    let run = index_library(&library, clip, &options, &|_| {}, &cancel).expect("index");
-    let files = run.indexed + run.failed + run.unchanged;
+    let run = &support::index_photos(clip, photos, 1)[0];
     let embedded_per_s = run.indexed as f64 / run.seconds;
-    json!({
-        "photos": photos.display().to_string(),
-        "files": files,
-        "indexed": run.indexed,
-        "failed": run.failed,
-        "seconds": run.seconds,
-        "files_per_s": files as f64 / run.seconds,
-        "embedded_images_per_s": embedded_per_s,
-        "model_alone_images_per_s": model_rate,
-        "model_batch_size": batch,
-        "embedded_over_model_alone": embedded_per_s / model_rate,
-    })
+    let mut report = support::index_report(run);
+    report.insert("photos".into(), json!(photos.display().to_string()));
+    report.insert("embedded_images_per_s".into(), json!(embedded_per_s));
+    report.insert("model_alone_images_per_s".into(), json!(model_rate));
+    report.insert("model_batch_size".into(), json!(batch));
+    report.insert(
+        "embedded_over_model_alone".into(),
+        json!(embedded_per_s / model_rate),
+    );
+    report.into()
 }
 
 fn main() {

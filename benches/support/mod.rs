@@ -1,8 +1,56 @@
-//! Helpers shared by the benchmarks: synthetic CLIP-like libraries and
-//! memory readings.
+//! Helpers shared by the benchmarks: synthetic CLIP-like libraries,
+//! indexing runs and memory readings.
 #![allow(dead_code)]
 
+use std::path::Path;
+use std::sync::atomic::AtomicBool;
+use std::sync::Mutex;
+
+use glimpse_clip::Clip;
+use glimpse_indexer::{index_library, model_identity, IndexOptions, IndexSummary, WalkOptions};
 use glimpse_store::{Change, Library, PhotoMetadata, PhotoRecord, TakenAtSource};
+
+/// `glimpse index`'s default options for the folder `photos`.
+pub fn index_options(photos: &Path) -> IndexOptions {
+    IndexOptions {
+        walk: WalkOptions {
+            roots: vec![photos.to_path_buf()],
+            ..WalkOptions::default()
+        },
+        ..IndexOptions::default()
+    }
+}
+
+/// Indexes `photos` with `clip` into a fresh library `runs` times (a
+/// second run finds nothing changed), with `glimpse index`'s pipeline and
+/// default options; the summary of each run.
+pub fn index_photos(clip: &Clip, photos: &Path, runs: usize) -> Vec<IndexSummary> {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let library = Mutex::new(
+        Library::open_or_create(dir.path(), &model_identity(clip), false).expect("library"),
+    );
+    let options = index_options(photos);
+    let cancel = AtomicBool::new(false);
+    (0..runs)
+        .map(|_| index_library(&library, clip, &options, &|_| {}, &cancel).expect("index"))
+        .collect()
+}
+
+/// What both benchmarks report of an indexing run.
+pub fn index_report(run: &IndexSummary) -> serde_json::Map<String, serde_json::Value> {
+    let files = run.indexed + run.failed + run.unchanged;
+    let mut report = serde_json::Map::new();
+    report.insert("files".into(), files.into());
+    report.insert("indexed".into(), run.indexed.into());
+    report.insert("failed".into(), run.failed.into());
+    report.insert("seconds".into(), run.seconds.into());
+    report.insert("files_per_s".into(), (files as f64 / run.seconds).into());
+    report.insert(
+        "indexed_per_s".into(),
+        (run.indexed as f64 / run.seconds).into(),
+    );
+    report
+}
 
 /// A `/proc/self/status` memory field (`VmHWM`: peak RSS, `VmRSS`: now), in kB.
 pub fn status_kb(field: &str) -> u64 {

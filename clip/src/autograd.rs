@@ -570,16 +570,7 @@ mod tests {
                 let v = qkv.get(2).unwrap().contiguous().unwrap();
                 let mut scores = q.matmul(&k.t().unwrap()).unwrap();
                 if causal {
-                    let mask: Vec<f32> = (0..n * n)
-                        .map(|i| {
-                            if i % n > i / n {
-                                f32::NEG_INFINITY
-                            } else {
-                                0.0
-                            }
-                        })
-                        .collect();
-                    let mask = Tensor::from_vec(mask, (n, n), &Device::Cpu).unwrap();
+                    let mask = crate::text::causal_mask(n, &Device::Cpu).unwrap();
                     scores = scores.broadcast_add(&mask).unwrap();
                 }
                 let p = candle_nn::ops::softmax(&scores, D::Minus1).unwrap();

@@ -822,16 +822,7 @@ mod tests {
         tensor_path.fused = None;
         let (b, n) = (3, 5);
         let x = Tensor::randn(0f32, 1.0, (b, n, d), &dev).unwrap();
-        let causal: Vec<f32> = (0..n * n)
-            .map(|i| {
-                if i % n > i / n {
-                    f32::NEG_INFINITY
-                } else {
-                    0.0
-                }
-            })
-            .collect();
-        let causal = Tensor::from_vec(causal, (n, n), &dev).unwrap();
+        let causal = crate::text::causal_mask(n, &dev).unwrap();
         let padded: Vec<f32> = (0..b * n * n)
             .map(|i| {
                 let (seq, key) = (i / (n * n), i % n);
