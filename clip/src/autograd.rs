@@ -13,7 +13,29 @@ use candle_core::{CpuStorage, CustomOp1, CustomOp2, CustomOp3, Layout, Result, S
 use rayon::prelude::*;
 
 use crate::config::Activation;
-use crate::kernels::{erf, exp, ActOp};
+use crate::kernels::{activation_backward, axpy, dot, exp, ActOp};
+
+/// `f_avx2(args)` (`f` compiled for AVX2+FMA) when the CPU has them, else
+/// `f(args)` (the baseline build).
+macro_rules! dispatch_avx2 {
+    ($f:ident, $f_avx2:ident($($arg:expr),*)) => {{
+        #[cfg(target_arch = "x86_64")]
+        {
+            if std::arch::is_x86_feature_detected!("avx2")
+                && std::arch::is_x86_feature_detected!("fma")
+            {
+                // SAFETY: the CPU has the features the twin is compiled for.
+                unsafe { $f_avx2($($arg),*) }
+            } else {
+                $f($($arg),*)
+            }
+        }
+        #[cfg(not(target_arch = "x86_64"))]
+        {
+            $f($($arg),*)
+        }
+    }};
+}
 
 /// Rows handed to one thread at a time.
 const ROWS_PER_TASK: usize = 64;
@@ -302,35 +324,6 @@ struct AttentionOp {
     causal: bool,
 }
 
-impl AttentionOp {
-    /// `p` (`n × n`, row `t` over keys `0..=t` when causal) = softmax of
-    /// the scaled scores of head `h` of one sequence `x` (`n × 3d`).
-    fn probabilities(&self, x: &[f32], n: usize, d: usize, h: usize, p: &mut [f32]) {
-        let hd = d / self.heads;
-        let scale = (hd as f32).powf(-0.5);
-        for t in 0..n {
-            let q = &x[t * 3 * d + h * hd..][..hd];
-            let keys = if self.causal { t + 1 } else { n };
-            let row = &mut p[t * n..(t + 1) * n];
-            let mut max = f32::NEG_INFINITY;
-            for (j, r) in row.iter_mut().enumerate().take(keys) {
-                let k = &x[j * 3 * d + d + h * hd..][..hd];
-                *r = scale * q.iter().zip(k).map(|(a, b)| a * b).sum::<f32>();
-                max = max.max(*r);
-            }
-            let mut sum = 0f32;
-            for r in row.iter_mut().take(keys) {
-                *r = exp(*r - max);
-                sum += *r;
-            }
-            for r in row.iter_mut().take(keys) {
-                *r /= sum;
-            }
-            row[keys..].fill(0.0);
-        }
-    }
-}
-
 impl CustomOp1 for AttentionOp {
     fn name(&self) -> &'static str {
         "glimpse-attention"
@@ -340,86 +333,219 @@ impl CustomOp1 for AttentionOp {
         let x = slice(storage, layout, "attention")?;
         let (b, n, d3) = layout.shape().dims3()?;
         let d = d3 / 3;
-        let hd = d / self.heads;
         let mut out = vec![0f32; b * n * d];
         if n > 0 && d > 0 {
+            let shape = SequenceShape {
+                n,
+                d,
+                heads: self.heads,
+                causal: self.causal,
+            };
             out.par_chunks_mut(n * d)
                 .zip(x.par_chunks(n * d3))
                 .for_each(|(o, x)| {
                     let mut p = vec![0f32; n * n];
-                    for h in 0..self.heads {
-                        self.probabilities(x, n, d, h, &mut p);
-                        for t in 0..n {
-                            let o = &mut o[t * d + h * hd..][..hd];
-                            for (j, &pj) in p[t * n..(t + 1) * n].iter().enumerate() {
-                                if pj != 0.0 {
-                                    let v = &x[j * d3 + 2 * d + h * hd..][..hd];
-                                    o.iter_mut().zip(v).for_each(|(o, v)| *o += pj * v);
-                                }
-                            }
-                        }
-                    }
+                    dispatch_avx2!(
+                        attention_forward,
+                        attention_forward_avx2(shape, x, o, &mut p)
+                    );
                 });
         }
         Ok((CpuStorage::F32(out), Shape::from((b, n, d))))
     }
 
     fn bwd(&self, arg: &Tensor, _res: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
-        let (x, g) = (values(arg)?, values(grad)?);
-        let (b, n, d3) = arg.dims3()?;
+        let grad = grad.contiguous()?;
+        let op = AttentionGrad {
+            heads: self.heads,
+            causal: self.causal,
+        };
+        Ok(Some(arg.contiguous()?.apply_op2_no_bwd(&grad, &op)?))
+    }
+}
+
+/// The gradient of [`attention`] with respect to `qkv`, from `qkv` and the
+/// output's gradient (probabilities recomputed per head).
+struct AttentionGrad {
+    heads: usize,
+    causal: bool,
+}
+
+impl CustomOp2 for AttentionGrad {
+    fn name(&self) -> &'static str {
+        "glimpse-attention-grad"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let x = slice(s1, l1, "attention gradient")?;
+        let g = slice(s2, l2, "attention gradient")?;
+        let (b, n, d3) = l1.shape().dims3()?;
         let d = d3 / 3;
-        let hd = d / self.heads;
-        let scale = (hd as f32).powf(-0.5);
+        if l2.shape().dims() != [b, n, d] {
+            candle_core::bail!("attention gradient: {:?} for {:?}", l2.shape(), l1.shape())
+        }
         let mut dx = vec![0f32; b * n * d3];
         if n > 0 && d > 0 {
+            let shape = SequenceShape {
+                n,
+                d,
+                heads: self.heads,
+                causal: self.causal,
+            };
             dx.par_chunks_mut(n * d3)
                 .zip(x.par_chunks(n * d3))
                 .zip(g.par_chunks(n * d))
                 .for_each(|((dx, x), g)| {
                     let mut p = vec![0f32; n * n];
                     let mut ds = vec![0f32; n * n];
-                    for h in 0..self.heads {
-                        self.probabilities(x, n, d, h, &mut p);
-                        let (qo, ko, vo) = (h * hd, d + h * hd, 2 * d + h * hd);
-                        // dS = P ⊙ (dP − rowsum(P ⊙ dP)), dP = dO · Vᵀ;
-                        // dV = Pᵀ · dO.
-                        for t in 0..n {
-                            let go = &g[t * d + h * hd..][..hd];
-                            let keys = if self.causal { t + 1 } else { n };
-                            let mut dot = 0f32;
-                            for j in 0..keys {
-                                let v = &x[j * d3 + vo..][..hd];
-                                let dp = go.iter().zip(v).map(|(a, b)| a * b).sum::<f32>();
-                                ds[t * n + j] = dp;
-                                dot += p[t * n + j] * dp;
-                            }
-                            for j in 0..keys {
-                                let pj = p[t * n + j];
-                                ds[t * n + j] = pj * (ds[t * n + j] - dot) * scale;
-                                let dv = &mut dx[j * d3 + vo..][..hd];
-                                dv.iter_mut().zip(go).for_each(|(o, g)| *o += pj * g);
-                            }
-                        }
-                        // dQ = dS · K, dK = dSᵀ · Q (scale folded into dS).
-                        for t in 0..n {
-                            let keys = if self.causal { t + 1 } else { n };
-                            for j in 0..keys {
-                                let s = ds[t * n + j];
-                                if s == 0.0 {
-                                    continue;
-                                }
-                                let (k, q) = (&x[j * d3 + ko..][..hd], &x[t * d3 + qo..][..hd]);
-                                let dq = &mut dx[t * d3 + qo..][..hd];
-                                dq.iter_mut().zip(k).for_each(|(o, k)| *o += s * k);
-                                let dk = &mut dx[j * d3 + ko..][..hd];
-                                dk.iter_mut().zip(q).for_each(|(o, q)| *o += s * q);
-                            }
-                        }
-                    }
+                    dispatch_avx2!(
+                        attention_backward,
+                        attention_backward_avx2(shape, x, g, dx, &mut p, &mut ds)
+                    );
                 });
         }
-        Ok(Some(Tensor::from_vec(dx, arg.shape(), arg.device())?))
+        Ok((CpuStorage::F32(dx), l1.shape().clone()))
     }
+}
+
+/// One sequence's attention geometry: `n` tokens, width `d` (`heads`
+/// heads of `d / heads`), causal or not.
+#[derive(Clone, Copy)]
+struct SequenceShape {
+    n: usize,
+    d: usize,
+    heads: usize,
+    causal: bool,
+}
+
+impl SequenceShape {
+    /// Keys token `t` attends to.
+    #[inline(always)]
+    fn keys(&self, t: usize) -> usize {
+        if self.causal {
+            t + 1
+        } else {
+            self.n
+        }
+    }
+}
+
+/// `p` (`n × n`, row `t` over keys `0..keys(t)`, zero after) = softmax of
+/// the scaled scores of head `h` of one sequence `x` (`n × 3d`).
+#[inline(always)]
+fn probabilities(s: SequenceShape, x: &[f32], h: usize, p: &mut [f32]) {
+    let (n, d) = (s.n, s.d);
+    let hd = d / s.heads;
+    let scale = (hd as f32).powf(-0.5);
+    for t in 0..n {
+        let q = &x[t * 3 * d + h * hd..][..hd];
+        let keys = s.keys(t);
+        let row = &mut p[t * n..(t + 1) * n];
+        let mut max = f32::NEG_INFINITY;
+        for (j, r) in row.iter_mut().enumerate().take(keys) {
+            *r = scale * dot(q, &x[j * 3 * d + d + h * hd..][..hd]);
+            max = max.max(*r);
+        }
+        let mut sum = 0f32;
+        for r in row.iter_mut().take(keys) {
+            *r = exp(*r - max);
+            sum += *r;
+        }
+        let inv = 1.0 / sum;
+        for r in row.iter_mut().take(keys) {
+            *r *= inv;
+        }
+        row[keys..].fill(0.0);
+    }
+}
+
+/// The attention output `o` (`n × d`) of one sequence `x` (`n × 3d`).
+#[inline(always)]
+fn attention_forward(s: SequenceShape, x: &[f32], o: &mut [f32], p: &mut [f32]) {
+    let (n, d) = (s.n, s.d);
+    let hd = d / s.heads;
+    for h in 0..s.heads {
+        probabilities(s, x, h, p);
+        for t in 0..n {
+            let o = &mut o[t * d + h * hd..][..hd];
+            for (j, &pj) in p[t * n..][..s.keys(t)].iter().enumerate() {
+                axpy(o, pj, &x[j * 3 * d + 2 * d + h * hd..][..hd]);
+            }
+        }
+    }
+}
+
+/// The gradient `dx` (`n × 3d`, zeroed) of one sequence `x` given the
+/// output's gradient `g` (`n × d`).
+#[inline(always)]
+fn attention_backward(
+    s: SequenceShape,
+    x: &[f32],
+    g: &[f32],
+    dx: &mut [f32],
+    p: &mut [f32],
+    ds: &mut [f32],
+) {
+    let (n, d) = (s.n, s.d);
+    let (d3, hd) = (3 * d, d / s.heads);
+    let scale = (hd as f32).powf(-0.5);
+    for h in 0..s.heads {
+        probabilities(s, x, h, p);
+        let (qo, ko, vo) = (h * hd, d + h * hd, 2 * d + h * hd);
+        // dS = P ⊙ (dP − rowsum(P ⊙ dP)), dP = dO · Vᵀ; dV = Pᵀ · dO.
+        for t in 0..n {
+            let go = &g[t * d + h * hd..][..hd];
+            let keys = s.keys(t);
+            let mut rowdot = 0f32;
+            for j in 0..keys {
+                let dp = dot(go, &x[j * d3 + vo..][..hd]);
+                ds[t * n + j] = dp;
+                rowdot += p[t * n + j] * dp;
+            }
+            for j in 0..keys {
+                let pj = p[t * n + j];
+                ds[t * n + j] = pj * (ds[t * n + j] - rowdot) * scale;
+                axpy(&mut dx[j * d3 + vo..][..hd], pj, go);
+            }
+        }
+        // dQ = dS · K, dK = dSᵀ · Q (scale folded into dS).
+        for t in 0..n {
+            for j in 0..s.keys(t) {
+                let sc = ds[t * n + j];
+                if sc == 0.0 {
+                    continue;
+                }
+                let (q, k) = (t * d3 + qo, j * d3 + ko);
+                axpy(&mut dx[q..][..hd], sc, &x[k..][..hd]);
+                axpy(&mut dx[k..][..hd], sc, &x[q..][..hd]);
+            }
+        }
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn attention_forward_avx2(s: SequenceShape, x: &[f32], o: &mut [f32], p: &mut [f32]) {
+    attention_forward(s, x, o, p)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn attention_backward_avx2(
+    s: SequenceShape,
+    x: &[f32],
+    g: &[f32],
+    dx: &mut [f32],
+    p: &mut [f32],
+    ds: &mut [f32],
+) {
+    attention_backward(s, x, g, dx, p, ds)
 }
 
 /// An MLP activation with its derivative (the inference kernel's forward
@@ -430,37 +556,37 @@ pub fn activation(x: &Tensor, act: Activation) -> Result<Tensor> {
 
 /// The gradient of an activation at `x` given the output's gradient.
 pub(crate) fn activation_grad(act: Activation, x: &Tensor, grad: &Tensor) -> Result<Tensor> {
-    let (xv, g) = (values(x)?, values(grad)?);
-    let mut dx = vec![0f32; xv.len()];
-    dx.par_chunks_mut(1 << 14)
-        .zip(xv.par_chunks(1 << 14))
-        .zip(g.par_chunks(1 << 14))
-        .for_each(|((dx, x), g)| {
-            for ((o, &x), &g) in dx.iter_mut().zip(x).zip(g) {
-                *o = g * derivative(act, x);
-            }
-        });
-    Tensor::from_vec(dx, x.shape(), x.device())
+    x.contiguous()?
+        .apply_op2_no_bwd(&grad.contiguous()?, &ActivationGrad(act))
 }
 
-/// d act(x) / dx.
-fn derivative(act: Activation, x: f32) -> f32 {
-    match act {
-        Activation::QuickGelu => {
-            let s = 1.0 / (1.0 + exp(-1.702 * x));
-            s + 1.702 * x * s * (1.0 - s)
+/// `g · act'(x)` from the two tensors' storage in one vectorised pass.
+struct ActivationGrad(Activation);
+
+impl CustomOp2 for ActivationGrad {
+    fn name(&self) -> &'static str {
+        "glimpse-activation-grad"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let x = slice(s1, l1, "activation gradient")?;
+        let g = slice(s2, l2, "activation gradient")?;
+        if x.len() != g.len() {
+            candle_core::bail!("activation gradient: {:?} vs {:?}", l1.shape(), l2.shape())
         }
-        Activation::Gelu => {
-            let cdf = 0.5 * (1.0 + erf(x * std::f32::consts::FRAC_1_SQRT_2));
-            let pdf = exp(-0.5 * x * x) * 0.398_942_3; // 1/sqrt(2π)
-            cdf + x * pdf
-        }
-        Activation::GeluTanh => {
-            const C: f32 = 0.797_884_6; // sqrt(2/π)
-            let inner = C * (x + 0.044_715 * x * x * x);
-            let t = inner.tanh();
-            0.5 * (1.0 + t) + 0.5 * x * (1.0 - t * t) * C * (1.0 + 3.0 * 0.044_715 * x * x)
-        }
+        let mut dx = vec![0f32; x.len()];
+        let act = self.0;
+        dx.par_chunks_mut(1 << 14)
+            .zip(x.par_chunks(1 << 14))
+            .zip(g.par_chunks(1 << 14))
+            .for_each(|((dx, x), g)| activation_backward(act, x, g, dx));
+        Ok((CpuStorage::F32(dx), l1.shape().clone()))
     }
 }
 

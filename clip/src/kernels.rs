@@ -5,7 +5,10 @@
 //!
 //! These have no backward pass; the layers call them only when no gradient
 //! is needed (`!Tensor::track_op()`), and the fixture tests check them
-//! against the reference like every other path.
+//! against the reference like every other path. The training side borrows
+//! three element kernels from here: the activation's derivative
+//! (`activation_backward`) and the `dot` / `axpy` helpers of the fused
+//! attention in `autograd`.
 
 use candle_core::{CpuStorage, CustomOp1, CustomOp2, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
@@ -127,6 +130,85 @@ fn activate_generic(act: Activation, s: &[f32], d: &mut [f32]) {
             }
         }
     }
+}
+
+/// `dx = g · act'(x)`, element by element (the activation's backward pass).
+pub(crate) fn activation_backward(act: Activation, x: &[f32], g: &[f32], dx: &mut [f32]) {
+    #[cfg(target_arch = "x86_64")]
+    if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {
+        // SAFETY: the CPU has the features the function is compiled for.
+        unsafe { activation_backward_avx2(act, x, g, dx) };
+        return;
+    }
+    activation_backward_generic(act, x, g, dx)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn activation_backward_avx2(act: Activation, x: &[f32], g: &[f32], dx: &mut [f32]) {
+    activation_backward_generic(act, x, g, dx)
+}
+
+#[inline(always)]
+fn activation_backward_generic(act: Activation, x: &[f32], g: &[f32], dx: &mut [f32]) {
+    // One loop per activation (not a `match` per element) so each vectorises.
+    let rows = dx.iter_mut().zip(x).zip(g);
+    match act {
+        Activation::QuickGelu => {
+            for ((o, &x), &g) in rows {
+                let s = 1.0 / (1.0 + exp(-1.702 * x));
+                *o = g * (s + 1.702 * x * s * (1.0 - s));
+            }
+        }
+        Activation::Gelu => {
+            for ((o, &x), &g) in rows {
+                let cdf = 0.5 * (1.0 + erf(x * std::f32::consts::FRAC_1_SQRT_2));
+                let pdf = exp(-0.5 * x * x) * 0.398_942_3; // 1/sqrt(2π)
+                *o = g * (cdf + x * pdf);
+            }
+        }
+        Activation::GeluTanh => {
+            const C: f32 = 0.797_884_6; // sqrt(2/π)
+            for ((o, &x), &g) in rows {
+                let inner = C * (x + 0.044_715 * x * x * x);
+                let t = 1.0 - 2.0 / (exp(2.0 * inner) + 1.0);
+                *o = g
+                    * (0.5 * (1.0 + t)
+                        + 0.5 * x * (1.0 - t * t) * C * (1.0 + 3.0 * 0.044_715 * x * x));
+            }
+        }
+    }
+}
+
+/// `Σ a[i]·b[i]` over the shorter slice, with sixteen independent partial
+/// sums so that it vectorises (a plain `sum()` of products is a serial
+/// chain of scalar additions). Inlined into the AVX2-compiled callers.
+#[inline(always)]
+pub(crate) fn dot(a: &[f32], b: &[f32]) -> f32 {
+    let n = a.len().min(b.len());
+    let (a, b) = (&a[..n], &b[..n]);
+    let (ac, bc) = (a.chunks_exact(16), b.chunks_exact(16));
+    let mut tail = 0f32;
+    for (x, y) in ac.remainder().iter().zip(bc.remainder()) {
+        tail += x * y;
+    }
+    let mut acc = [0f32; 16];
+    for (x, y) in ac.zip(bc) {
+        for i in 0..16 {
+            acc[i] += x[i] * y[i];
+        }
+    }
+    let mut half = [0f32; 8];
+    for i in 0..8 {
+        half[i] = acc[i] + acc[i + 8];
+    }
+    ((half[0] + half[4]) + (half[1] + half[5])) + ((half[2] + half[6]) + (half[3] + half[7])) + tail
+}
+
+/// `o += s · v` over the shorter slice.
+#[inline(always)]
+pub(crate) fn axpy(o: &mut [f32], s: f32, v: &[f32]) {
+    o.iter_mut().zip(v).for_each(|(o, v)| *o += s * v);
 }
 
 /// An element type the few-row kernel streams weights in: `f32`, bf16 bits
@@ -601,6 +683,43 @@ mod tests {
             let got = fused_activation(&x, act).unwrap();
             let d = crate::test_util::max_abs_diff(&got, &want);
             assert!(d < 2e-6, "{act:?}: {d}");
+        }
+    }
+
+    #[test]
+    fn dot_matches_the_definition_at_every_tail_length() {
+        let a: Vec<f32> = (0..70)
+            .map(|i| ((i * 37 % 23) as f32 - 11.0) * 0.13)
+            .collect();
+        let b: Vec<f32> = (0..70)
+            .map(|i| ((i * 17 % 29) as f32 - 14.0) * 0.07)
+            .collect();
+        for n in 0..70 {
+            let want: f64 = (0..n).map(|i| a[i] as f64 * b[i] as f64).sum();
+            let got = dot(&a[..n], &b[..n]) as f64;
+            assert!((got - want).abs() < 1e-4, "n = {n}: {got} vs {want}");
+        }
+    }
+
+    #[test]
+    fn activation_backward_builds_agree() {
+        // The run-time-dispatched build (AVX2 here) against the baseline one.
+        let x: Vec<f32> = (0..1001).map(|i| (i as f32 - 500.0) * 0.017).collect();
+        let g: Vec<f32> = (0..1001).map(|i| ((i % 7) as f32 - 3.0) * 0.5).collect();
+        for act in [
+            Activation::QuickGelu,
+            Activation::Gelu,
+            Activation::GeluTanh,
+        ] {
+            let (mut fast, mut base) = (vec![0f32; x.len()], vec![0f32; x.len()]);
+            activation_backward(act, &x, &g, &mut fast);
+            activation_backward_generic(act, &x, &g, &mut base);
+            for (f, b) in fast.iter().zip(&base) {
+                assert!(
+                    (f - b).abs() <= 1e-6 * b.abs().max(1.0),
+                    "{act:?}: {f} vs {b}"
+                );
+            }
         }
     }
 
