@@ -8,7 +8,8 @@
 //! (median) and peak RSS.
 //!
 //! `cargo bench --bench train -- [--steps 500] [--data ../shared/data]
-//! [--micro-batch M] [--batch-size B]`. `--steps 20 --no-eval` times steps only.
+//! [--micro-batch M] [--batch-size B] [--seed S]`. `--steps 20 --no-eval`
+//! times steps only.
 
 #[path = "support/mod.rs"]
 mod support;
@@ -30,8 +31,23 @@ fn arg<T: std::str::FromStr>(args: &[String], name: &str) -> Option<T> {
         .and_then(|v| v.parse().ok())
 }
 
+const USAGE: &str = "usage: train [--steps N] [--batch-size B] [--micro-batch M] [--seed S] \
+                     [--data DIR] [--no-eval]";
+
 fn main() {
     let args: Vec<String> = std::env::args().collect();
+    // Refuse what it does not know rather than train 500 steps on a typo.
+    let mut i = 1;
+    while i < args.len() {
+        match args[i].as_str() {
+            "--steps" | "--batch-size" | "--micro-batch" | "--seed" | "--data" => i += 2,
+            "--no-eval" | "--bench" => i += 1,
+            other => {
+                eprintln!("train bench: unknown argument {other:?}\n{USAGE}");
+                std::process::exit(2);
+            }
+        }
+    }
     let steps: usize = arg(&args, "--steps").unwrap_or(500);
     let batch: usize = arg(&args, "--batch-size").unwrap_or(64);
     let micro: Option<usize> = arg(&args, "--micro-batch");
@@ -77,8 +93,12 @@ fn main() {
     let mut options = TrainOptions::from_scratch(steps);
     options.batch_size = batch;
     options.micro_batch = micro;
+    if let Some(seed) = arg(&args, "--seed") {
+        options.seed = seed;
+    }
     let model = TrainableModel::new(&config, None, options.locking, options.seed).expect("model");
     let (trainable, _) = model.parameter_counts();
+    let options_seed = options.seed;
     let mut trainer = Trainer::new(model, train, preprocess, options).expect("trainer");
     let before = evaluation
         .as_ref()
@@ -116,6 +136,7 @@ fn main() {
         "steps": steps,
         "batch_size": batch,
         "micro_batch": micro,
+        "seed": options_seed,
         "train_pairs": pairs.train.len() - skipped.total(),
         "skipped": skipped.total(),
         "preload_s": preload_s,
