@@ -319,9 +319,22 @@ pub fn attention(qkv: &Tensor, heads: usize, causal: bool) -> Result<Tensor> {
     qkv.contiguous()?.apply_op1(AttentionOp { heads, causal })
 }
 
+#[derive(Clone, Copy)]
 struct AttentionOp {
     heads: usize,
     causal: bool,
+}
+
+impl AttentionOp {
+    /// The geometry of one sequence of `n` tokens, width `d`.
+    fn sequence(&self, n: usize, d: usize) -> SequenceShape {
+        SequenceShape {
+            n,
+            d,
+            heads: self.heads,
+            causal: self.causal,
+        }
+    }
 }
 
 impl CustomOp1 for AttentionOp {
@@ -335,12 +348,7 @@ impl CustomOp1 for AttentionOp {
         let d = d3 / 3;
         let mut out = vec![0f32; b * n * d];
         if n > 0 && d > 0 {
-            let shape = SequenceShape {
-                n,
-                d,
-                heads: self.heads,
-                causal: self.causal,
-            };
+            let shape = self.sequence(n, d);
             out.par_chunks_mut(n * d)
                 .zip(x.par_chunks(n * d3))
                 .for_each(|(o, x)| {
@@ -356,20 +364,16 @@ impl CustomOp1 for AttentionOp {
 
     fn bwd(&self, arg: &Tensor, _res: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
         let grad = grad.contiguous()?;
-        let op = AttentionGrad {
-            heads: self.heads,
-            causal: self.causal,
-        };
-        Ok(Some(arg.contiguous()?.apply_op2_no_bwd(&grad, &op)?))
+        Ok(Some(
+            arg.contiguous()?
+                .apply_op2_no_bwd(&grad, &AttentionGrad(*self))?,
+        ))
     }
 }
 
 /// The gradient of [`attention`] with respect to `qkv`, from `qkv` and the
 /// output's gradient (probabilities recomputed per head).
-struct AttentionGrad {
-    heads: usize,
-    causal: bool,
-}
+struct AttentionGrad(AttentionOp);
 
 impl CustomOp2 for AttentionGrad {
     fn name(&self) -> &'static str {
@@ -392,12 +396,7 @@ impl CustomOp2 for AttentionGrad {
         }
         let mut dx = vec![0f32; b * n * d3];
         if n > 0 && d > 0 {
-            let shape = SequenceShape {
-                n,
-                d,
-                heads: self.heads,
-                causal: self.causal,
-            };
+            let shape = self.0.sequence(n, d);
             dx.par_chunks_mut(n * d3)
                 .zip(x.par_chunks(n * d3))
                 .zip(g.par_chunks(n * d))
