@@ -61,14 +61,40 @@ pub struct PrecisionCheck {
 /// build, one is present and `GLIMPSE_DEVICE` is not `cpu`; else the CPU.
 /// On a GPU the towers run candle's CUDA kernels in fp32 (the CPU's fused
 /// kernels and reduced-precision copies are not used there).
+///
+/// A `cuda` build loads the CUDA libraries (driver, cuBLAS, cuBLASLt,
+/// cuRAND, NVRTC) when it first needs them rather than linking them, so the
+/// same binary starts on a machine without them and uses the CPU there.
 pub fn default_device() -> Device {
     #[cfg(feature = "cuda")]
     if std::env::var("GLIMPSE_DEVICE").map_or(true, |v| v != "cpu") {
-        if let Ok(device) = Device::new_cuda(0) {
+        if let Some(device) = cuda_device() {
             return device;
         }
     }
     Device::Cpu
+}
+
+/// The first CUDA GPU, or `None` when a library it needs is missing or no
+/// GPU answers. cudarc panics when asked to load a library that is not
+/// there, so presence is checked first and any panic is contained.
+#[cfg(feature = "cuda")]
+fn cuda_device() -> Option<Device> {
+    use candle_core::cuda_backend::cudarc;
+    // SAFETY: each check only tries to open a shared library by name.
+    let present = unsafe {
+        cudarc::driver::sys::is_culib_present()
+            && cudarc::cublas::sys::is_culib_present()
+            && cudarc::cublaslt::sys::is_culib_present()
+            && cudarc::curand::sys::is_culib_present()
+            && cudarc::nvrtc::sys::is_culib_present()
+    };
+    if !present {
+        return None;
+    }
+    std::panic::catch_unwind(|| Device::new_cuda(0).ok())
+        .ok()
+        .flatten()
 }
 
 impl std::fmt::Debug for Clip {
@@ -191,15 +217,16 @@ impl Clip {
     /// least [`AUTO_MIN_COSINE`] to its fp32 embedding, else bf16 under the
     /// same test, else fp32 — so a checkpoint whose weights quantise badly
     /// is caught when it loads, not in search results. An explicit choice is
-    /// kept whatever the cosine (see [`Clip::query_precision_check`]).
+    /// kept whatever the cosine (see [`Clip::query_precision_check`]). On a
+    /// GPU every reduced precision is bf16 (tensor cores), checked the same
+    /// way.
     pub fn set_query_precision(&mut self, precision: Precision) -> Result<(), ClipError> {
         self.model.set_query_precision(Precision::Fp32)?;
         self.query_check = None;
-        if !self.device.is_cpu() {
-            // Reduced-precision copies are a CPU kernel's; a GPU keeps fp32.
-            return Ok(());
-        }
         let candidates: &[Precision] = match precision.resolve() {
+            _ if precision == Precision::Fp32 => return Ok(()),
+            // A GPU multiplies in bf16 (int8 copies are a CPU kernel's).
+            _ if !self.device.is_cpu() => &[Precision::Bf16],
             Precision::Fp32 => return Ok(()),
             _ if precision == Precision::Auto => &[Precision::Int8, Precision::Bf16],
             Precision::Int8 => &[Precision::Int8],
@@ -257,16 +284,20 @@ impl Clip {
     /// by arithmetic, and with AVX2 the f32 GEMM outruns the kernel that
     /// widens bf16/int8 weights (measured interleaved on ViT-B/32 at batch
     /// 32: fp32 9.5, bf16 7.7, int8 7.2 images/s), so `Auto` keeps fp32;
-    /// bf16 and int8 are there to be measured or chosen for memory. The
-    /// check is reported by [`Clip::image_precision_check`].
+    /// bf16 and int8 are there to be measured or chosen for memory. On a
+    /// GPU the reduced precision is bf16 (tensor cores, several times
+    /// fp32's speed there), and `Auto` takes it if every probe stays within
+    /// [`AUTO_MIN_COSINE`] of fp32. The check is reported by
+    /// [`Clip::image_precision_check`].
     pub fn set_image_precision(&mut self, precision: Precision) -> Result<(), ClipError> {
         self.model.set_image_precision(Precision::Fp32)?;
         self.image_check = None;
-        if !self.device.is_cpu() {
-            return Ok(());
-        }
         let candidate = match precision {
-            Precision::Fp32 | Precision::Auto => return Ok(()),
+            Precision::Fp32 => return Ok(()),
+            // A GPU multiplies in bf16 on its tensor cores, several times
+            // faster than fp32 there, so `Auto` takes it if it passes.
+            _ if !self.device.is_cpu() => Precision::Bf16,
+            Precision::Auto => return Ok(()),
             p => p,
         };
         let probes = self.probe_images();
@@ -274,6 +305,10 @@ impl Clip {
         let bytes = self.model.set_image_precision(candidate)?;
         let got = self.embed_pixels(&probes, false)?;
         let min_cosine = min_cosine(&reference, &got);
+        if precision == Precision::Auto && min_cosine < AUTO_MIN_COSINE {
+            self.model.set_image_precision(Precision::Fp32)?;
+            return Ok(());
+        }
         self.image_check = Some(PrecisionCheck {
             precision: candidate,
             min_cosine,

@@ -118,6 +118,9 @@ pub struct Linear {
     bias: Option<Tensor>,
     /// A reduced-precision copy of `weight` for few-row products (queries).
     query: Option<Arc<QueryWeights>>,
+    /// On a GPU: a bf16 copy of `weight` for every product without a
+    /// gradient (tensor cores; cuBLAS sums the products in f32).
+    half: Option<Tensor>,
 }
 
 impl Linear {
@@ -134,6 +137,7 @@ impl Linear {
             weight,
             bias,
             query: None,
+            half: None,
         })
     }
 
@@ -143,6 +147,7 @@ impl Linear {
             weight,
             bias,
             query: None,
+            half: None,
         }
     }
 
@@ -154,8 +159,13 @@ impl Linear {
             candle_core::bail!("reduced-precision weights are for inference, not training")
         }
         if !self.weight.device().is_cpu() {
-            // The copies are a CPU kernel's layout; a GPU keeps its weights.
+            // The packed copies are a CPU kernel's layout. A GPU multiplies
+            // in bf16 on its tensor cores instead, for bf16 and int8 alike.
             self.query = None;
+            self.half = match precision {
+                Precision::Fp32 => None,
+                _ => Some(self.weight.to_dtype(DType::BF16)?),
+            };
             return Ok(());
         }
         self.query = QueryWeights::new(&self.weight, self.bias.as_ref(), precision)?.map(Arc::new);
@@ -165,6 +175,7 @@ impl Linear {
     /// Bytes of the reduced-precision copy, if any.
     pub fn query_bytes(&self) -> usize {
         self.query.as_ref().map_or(0, |q| q.bytes())
+            + self.half.as_ref().map_or(0, |h| h.elem_count() * 2)
     }
 
     /// The `[out, in]` weight.
@@ -194,7 +205,14 @@ impl Module for Linear {
         let rows = x.elem_count() / in_dim.max(1);
         let x2 = x.reshape((rows, in_dim))?;
         let fast = rows <= SMALL_M && !x.track_op() && !self.weight.track_op() && on_cpu_f32(x);
+        let half = self.half.as_ref().filter(|_| !x.track_op());
         let y = match &self.query {
+            // A GPU's bf16 copy: the input rounded to bf16, the output f32.
+            _ if half.is_some() => {
+                let h = half.expect("checked");
+                let y = x2.to_dtype(DType::BF16)?.matmul(&h.t()?)?;
+                self.add_bias(y.to_dtype(DType::F32)?)?
+            }
             // The reduced-precision copy serves every product without a
             // gradient, whatever the row count, so that a text's embedding
             // does not depend on what it was batched with. It adds the bias.

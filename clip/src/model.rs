@@ -49,11 +49,11 @@ impl ClipModel {
     pub fn set_query_precision(&mut self, precision: Precision) -> Result<usize> {
         let bytes = self.text_model.set_query_precision(precision)?;
         self.text_projection.set_query_precision(precision)?;
-        // Copies exist only for the CPU; a GPU runs its own weights.
-        self.query_precision = if self.logit_scale.device().is_cpu() {
-            precision.resolve()
-        } else {
-            Precision::Fp32
+        // A GPU's reduced precision is bf16 (see `Linear::set_query_precision`).
+        self.query_precision = match precision {
+            _ if self.logit_scale.device().is_cpu() => precision.resolve(),
+            Precision::Fp32 => Precision::Fp32,
+            _ => Precision::Bf16,
         };
         Ok(bytes + self.text_projection.query_bytes())
     }

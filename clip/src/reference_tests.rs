@@ -21,9 +21,13 @@ struct Expected {
 
 impl Expected {
     fn load() -> Self {
+        Self::load_on(&Device::Cpu)
+    }
+
+    fn load_on(device: &Device) -> Self {
         let dir = fixture_dir();
         let tensors =
-            candle_core::safetensors::load(dir.join("expected.safetensors"), &Device::Cpu).unwrap();
+            candle_core::safetensors::load(dir.join("expected.safetensors"), device).unwrap();
         let meta: serde_json::Value =
             serde_json::from_str(&std::fs::read_to_string(dir.join("expected_meta.json")).unwrap())
                 .unwrap();
@@ -89,8 +93,14 @@ fn check(what: &str, ours: &Tensor, theirs: &Tensor, tol: f32) {
 }
 
 fn check_layout(dir: &Path, layout: Layout) {
-    let exp = Expected::load();
-    let clip = Clip::load_dir(dir, &Device::Cpu).unwrap();
+    check_layout_on(dir, layout, &Device::Cpu);
+}
+
+/// Every stage of both towers against the reference, with the model and the
+/// reference tensors on `device`.
+fn check_layout_on(dir: &Path, layout: Layout, device: &Device) {
+    let exp = Expected::load_on(device);
+    let clip = Clip::load_dir(dir, device).unwrap();
     assert_eq!(clip.layout(), layout);
     let model = clip.model();
 
@@ -229,6 +239,78 @@ fn hf_layout_matches_reference() {
 #[test]
 fn open_clip_layout_matches_reference() {
     check_layout(&fixture_dir().join("open_clip"), Layout::OpenClip);
+}
+
+/// The same checks on the GPU of a `cuda` build (candle's CUDA kernels, fp32),
+/// plus texts through `Clip::embed_texts` and images through
+/// `Clip::embed_pixels` as the indexer and server call them. Without a GPU it
+/// is skipped, unless `GLIMPSE_REQUIRE_GPU=1` makes that a failure.
+#[cfg(feature = "cuda")]
+#[test]
+fn both_layouts_match_reference_on_the_gpu() {
+    let device = crate::default_device();
+    if device.is_cpu() {
+        assert!(
+            std::env::var_os("GLIMPSE_REQUIRE_GPU").is_none(),
+            "GLIMPSE_REQUIRE_GPU is set but no CUDA GPU (or CUDA library) was found"
+        );
+        eprintln!("no CUDA GPU: skipped");
+        return;
+    }
+    check_layout_on(&fixture_dir(), Layout::HuggingFace, &device);
+    check_layout_on(&fixture_dir().join("open_clip"), Layout::OpenClip, &device);
+    let exp = Expected::load();
+    let clip = Clip::load_dir(&fixture_dir(), &device).unwrap();
+    let captions = captions();
+    let captions: Vec<&str> = captions.iter().map(String::as_str).collect();
+    let texts = clip.embed_texts(&captions, false).unwrap();
+    check(
+        "embed_texts on the GPU",
+        &Tensor::new(texts, &Device::Cpu).unwrap(),
+        exp.get("text_embeds"),
+        exp.tol("text_embeds"),
+    );
+    let pixels = exp.get("pixel_values");
+    let images: Vec<Vec<f32>> = (0..pixels.dim(0).unwrap())
+        .map(|i| {
+            pixels
+                .get(i)
+                .unwrap()
+                .flatten_all()
+                .unwrap()
+                .to_vec1()
+                .unwrap()
+        })
+        .collect();
+    let embedded = clip.embed_pixels(&images, false).unwrap();
+    check(
+        "embed_pixels on the GPU",
+        &Tensor::new(embedded, &Device::Cpu).unwrap(),
+        exp.get("image_embeds"),
+        exp.tol("image_embeds"),
+    );
+    // bf16 on the tensor cores (what `auto` takes on a GPU): every int8 or
+    // bf16 request is bf16 there, within cosine 0.999 of the reference.
+    let mut clip = clip;
+    for precision in [crate::Precision::Auto, crate::Precision::Int8] {
+        clip.set_query_precision(precision).unwrap();
+        clip.set_image_precision(precision).unwrap();
+        assert_eq!(clip.query_precision(), crate::Precision::Bf16);
+        assert_eq!(clip.image_precision(), crate::Precision::Bf16);
+        let texts = clip.embed_texts(&captions, false).unwrap();
+        let images = clip.embed_pixels(&images, false).unwrap();
+        for (what, got, want) in [
+            ("text", texts, exp.get("text_embeds")),
+            ("image", images, exp.get("image_embeds")),
+        ] {
+            for (i, row) in got.iter().enumerate() {
+                let want = want.get(i).unwrap().to_vec1::<f32>().unwrap();
+                let cosine: f32 = row.iter().zip(&want).map(|(a, b)| a * b).sum();
+                eprintln!("bf16 {what} {i}: cosine {cosine}");
+                assert!(cosine >= 0.999, "bf16 {what} {i}: cosine {cosine}");
+            }
+        }
+    }
 }
 
 #[test]
