@@ -19,6 +19,11 @@
 //!
 //! `cargo bench --bench speed -- [--quick] [--n N] [--photos DIR]
 //! [--images-only | --query-only | --skip-indexing]`
+//!
+//! `--gpu` (a `--features cuda` build) reports the GPU instead: the same
+//! random ViT-B/32 on the first CUDA GPU, images/s at batch 1 to 256 and one
+//! text query's encode time, and the cosines of its embeddings to the same
+//! weights on the CPU.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -35,10 +40,10 @@ use serde_json::{json, Map, Value};
 mod support;
 use support::{status_kb, Rng};
 
-fn random_model(cfg: &ClipConfig) -> ClipModel {
+/// Random weights with the shapes `cfg` names, on the CPU.
+fn random_tensors(cfg: &ClipConfig) -> HashMap<String, Tensor> {
     let dev = Device::Cpu;
-    let tensors: HashMap<String, Tensor> = cfg
-        .expected_tensors()
+    cfg.expected_tensors()
         .into_iter()
         .map(|(name, shape)| {
             let t = if name.contains("norm") && name.ends_with("weight") {
@@ -50,8 +55,20 @@ fn random_model(cfg: &ClipConfig) -> ClipModel {
             };
             (name, t.unwrap())
         })
+        .collect()
+}
+
+/// A model of `tensors` on `dev`.
+fn model_on(cfg: &ClipConfig, tensors: &HashMap<String, Tensor>, dev: &Device) -> ClipModel {
+    let tensors = tensors
+        .iter()
+        .map(|(name, t)| (name.clone(), t.to_device(dev).unwrap()))
         .collect();
-    ClipModel::new(cfg, VarBuilder::from_tensors(tensors, DType::F32, &dev)).unwrap()
+    ClipModel::new(cfg, VarBuilder::from_tensors(tensors, DType::F32, dev)).unwrap()
+}
+
+fn random_model(cfg: &ClipConfig) -> ClipModel {
+    model_on(cfg, &random_tensors(cfg), &Device::Cpu)
 }
 
 fn normalised(t: &Tensor) -> Vec<f32> {
@@ -93,6 +110,7 @@ const VIT_B_32_GFLOP: f64 = 8.8;
 /// Command-line switches of the benchmark.
 struct Args {
     quick: bool,
+    gpu: bool,
     images: bool,
     query: bool,
     indexing: bool,
@@ -113,6 +131,7 @@ impl Args {
         let (images_only, query_only) = (flag("--images-only"), flag("--query-only"));
         Self {
             quick: flag("--quick"),
+            gpu: flag("--gpu"),
             images: !query_only,
             query: !images_only,
             indexing: !images_only && !query_only && !flag("--skip-indexing"),
@@ -306,8 +325,145 @@ fn indexing(clip: &Clip, photos: &Path, quick: bool) -> Value {
     report.into()
 }
 
+/// Smallest cosine between matching rows of two sets of embeddings.
+fn min_row_cosine(a: &Tensor, b: &Tensor) -> f32 {
+    (0..a.dim(0).unwrap())
+        .map(|i| {
+            let x = normalised(&a.get(i).unwrap());
+            let y = normalised(&b.get(i).unwrap());
+            x.iter().zip(&y).map(|(p, q)| p * q).sum::<f32>()
+        })
+        .fold(1f32, f32::min)
+}
+
+/// `--gpu`: the random ViT-B/32 on the first CUDA GPU (candle's CUDA
+/// backend) in fp32 and in bf16 (`--precision bf16`: the linear layers'
+/// weights and inputs in bf16 on the tensor cores, the rest f32), against
+/// the same weights in fp32 on the CPU.
+fn gpu_report(quick: bool) -> Value {
+    let gpu = glimpse_clip::default_device();
+    if gpu.is_cpu() {
+        eprintln!(
+            "--gpu: no CUDA GPU found (build with `--features cuda`; the CUDA driver, \
+             cuBLAS, cuBLASLt, cuRAND and NVRTC libraries must be loadable; GLIMPSE_DEVICE \
+             must not be `cpu`)"
+        );
+        std::process::exit(2);
+    }
+    let cfg = ClipConfig::vit_b_32();
+    let tensors = random_tensors(&cfg);
+    let s = cfg.vision_config.image_size;
+    let preprocess = PreprocessConfig::openai(s);
+    let cpu_clip = Clip::from_model(
+        model_on(&cfg, &tensors, &Device::Cpu),
+        Tokenizer::clip(),
+        preprocess.clone(),
+        "cpu",
+    );
+    let mut gpu_clip = Clip::from_model(
+        model_on(&cfg, &tensors, &gpu),
+        Tokenizer::clip(),
+        preprocess,
+        "gpu",
+    );
+    let sync = |t: Tensor| t.to_device(&Device::Cpu).unwrap();
+    let probe = Tensor::randn(0f32, 1.0, (8, 3, s, s), &Device::Cpu).unwrap();
+    let image_reference = cpu_clip.model().image_features(&probe).unwrap();
+    let texts = [
+        "kids building a sandcastle at sunset",
+        "a dog running on the beach",
+        "red car",
+        "a black and white photo of an old lighthouse on a rocky coast in winter",
+    ];
+    let text_reference = cpu_clip.embed_texts(&texts, false).unwrap();
+    let batch_texts: Vec<&str> = texts.iter().cycle().take(256).copied().collect();
+
+    let mut by_precision = Map::new();
+    for precision in [Precision::Fp32, Precision::Bf16] {
+        gpu_clip.set_image_precision(precision).unwrap();
+        gpu_clip.set_query_precision(precision).unwrap();
+        let model = gpu_clip.model();
+        let mut images = Map::new();
+        for batch in [1usize, 8, 32, 128, 256] {
+            let pixels = Tensor::randn(0f32, 1.0, (batch, 3, s, s), &gpu).unwrap();
+            for _ in 0..3 {
+                sync(model.image_features(&pixels).unwrap());
+            }
+            let mut rates: Vec<f64> = (0..if quick { 5 } else { 30 })
+                .map(|_| {
+                    let t = Instant::now();
+                    sync(model.image_features(&pixels).unwrap());
+                    batch as f64 / t.elapsed().as_secs_f64()
+                })
+                .collect();
+            images.insert(format!("batch_{batch}"), json!(median(&mut rates)));
+        }
+        let got = sync(
+            model
+                .image_features(&probe.to_device(&gpu).unwrap())
+                .unwrap(),
+        );
+        images.insert(
+            "min_cosine_to_cpu_fp32".into(),
+            json!(min_row_cosine(&image_reference, &got)),
+        );
+        let got = gpu_clip.embed_texts(&texts, false).unwrap();
+        let text_cosine = text_reference
+            .iter()
+            .zip(&got)
+            .map(|(a, b)| a.iter().zip(b).map(|(x, y)| x * y).sum::<f32>())
+            .fold(1f32, f32::min);
+        for _ in 0..5 {
+            gpu_clip.embed_texts(&texts[..1], false).unwrap();
+        }
+        let mut encode: Vec<f64> = (0..if quick { 20 } else { 200 })
+            .map(|_| {
+                let t = Instant::now();
+                gpu_clip.embed_texts(&texts[..1], false).unwrap();
+                t.elapsed().as_secs_f64() * 1e3
+            })
+            .collect();
+        gpu_clip.embed_texts(&batch_texts, false).unwrap();
+        let mut text_rates: Vec<f64> = (0..if quick { 3 } else { 10 })
+            .map(|_| {
+                let t = Instant::now();
+                gpu_clip.embed_texts(&batch_texts, false).unwrap();
+                batch_texts.len() as f64 / t.elapsed().as_secs_f64()
+            })
+            .collect();
+        let checks = json!({
+            "image": gpu_clip.image_precision_check().map(|c| json!({
+                "precision": c.precision.name(), "min_cosine": c.min_cosine, "bytes": c.bytes})),
+            "query": gpu_clip.query_precision_check().map(|c| json!({
+                "precision": c.precision.name(), "min_cosine": c.min_cosine, "bytes": c.bytes})),
+        });
+        by_precision.insert(
+            precision.name().into(),
+            json!({
+                "image_embeddings_per_s": images,
+                "query": {
+                    "text": texts[0],
+                    "tokenize_encode_ms_p50": median(&mut encode),
+                    "tokenize_encode_ms_p99": percentile(&mut encode, 0.99),
+                },
+                "texts_min_cosine_to_cpu_fp32": text_cosine,
+                "texts_per_s_batch_256": median(&mut text_rates),
+                "load_time_checks": checks,
+            }),
+        );
+    }
+    json!({"device": format!("{gpu:?}"), "by_precision": by_precision})
+}
+
 fn main() {
     let args = Args::parse();
+    if args.gpu {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&gpu_report(args.quick)).unwrap()
+        );
+        return;
+    }
     let gflops = matmul_gflops();
     let cfg = ClipConfig::vit_b_32();
     let model = random_model(&cfg);
