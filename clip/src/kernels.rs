@@ -604,19 +604,21 @@ mod avx2 {
     }
 }
 
-/// `e^x` to about 2 ulp, branch-free so that loops over it vectorise:
-/// `x = n ln 2 + r` (Cody–Waite, two-part ln 2), `e^x = 2^n e^r` with a
-/// degree-7 polynomial for `e^r` on [-0.35, 0.35].
+/// `e^x` to about 2 ulp, branch-free and without float-to-int conversions
+/// (Rust's `as` saturates, which LLVM compiles to scalar compares) so that
+/// loops over it vectorise: `x = n ln 2 + r` (Cody–Waite, two-part ln 2),
+/// `e^x = 2^n e^r` with a degree-7 polynomial for `e^r` on [-0.35, 0.35].
 #[inline(always)]
 pub(crate) fn exp(x: f32) -> f32 {
     let x = x.clamp(-87.0, 88.0);
-    // floor(t) and the Cody–Waite reduction without `floorf` / `fmaf`
-    // calls (neither is an instruction on the baseline x86-64 target):
-    // |n| ≤ 127 and the first constant has 9 significant bits, so `n · c1`
-    // is exact and `x - n · c1` loses nothing.
-    let t = x * std::f32::consts::LOG2_E + 0.5;
-    let n = t as i32;
-    let n = (if n as f32 > t { n - 1 } else { n }) as f32;
+    // n = round(x / ln 2) by adding 1.5·2^23, which leaves n in the low
+    // bits of the sum's mantissa (|n| ≤ 127); the first constant of the
+    // reduction has 9 significant bits, so `n · c1` is exact and
+    // `x - n · c1` loses nothing.
+    const SHIFT: f32 = 12_582_912.0;
+    let shifted = x * std::f32::consts::LOG2_E + SHIFT;
+    let n = shifted - SHIFT;
+    let bits = shifted.to_bits().wrapping_sub(SHIFT.to_bits());
     let r = (x - n * 0.693_359_4) + n * 2.121_944_4e-4;
     let p = 1.0
         + r * (1.0
@@ -624,7 +626,7 @@ pub(crate) fn exp(x: f32) -> f32 {
                 + r * (1.0 / 6.0
                     + r * (1.0 / 24.0
                         + r * (1.0 / 120.0 + r * (1.0 / 720.0 + r * (1.0 / 5040.0)))))));
-    p * f32::from_bits(((n as i32 + 127) as u32) << 23)
+    p * f32::from_bits(bits.wrapping_add(127) << 23)
 }
 
 /// Abramowitz & Stegun 7.1.26 (absolute error < 1.5e-7).
