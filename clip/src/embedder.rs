@@ -281,13 +281,16 @@ impl Clip {
     /// Makes image embedding read reduced-precision copies of the vision
     /// tower's weights, checked against fp32 on synthetic probe images
     /// (gradients, a checkerboard, rings, stripes). Image batches are bound
-    /// by arithmetic, and with AVX2 the f32 GEMM outruns the kernel that
-    /// widens bf16/int8 weights (measured interleaved on ViT-B/32 at batch
-    /// 32: fp32 9.5, bf16 7.7, int8 7.2 images/s), so `Auto` keeps fp32;
-    /// bf16 and int8 are there to be measured or chosen for memory. On a
-    /// GPU the reduced precision is bf16 (tensor cores, several times
-    /// fp32's speed there), and `Auto` takes it if every probe stays within
-    /// [`AUTO_MIN_COSINE`] of fp32. The check is reported by
+    /// by arithmetic: where the CPU has bf16 dot products (AVX512_BF16:
+    /// AMD Zen 4 and later, Intel Sapphire Rapids and later) bf16 does
+    /// twice the multiply-adds per instruction, so `Auto` takes bf16 if
+    /// every probe stays within [`AUTO_MIN_COSINE`] of fp32. With AVX2 only,
+    /// the f32 GEMM outruns the kernel that widens bf16/int8 weights
+    /// (measured interleaved on ViT-B/32 at batch 32: fp32 9.5, bf16 7.7,
+    /// int8 7.2 images/s), so `Auto` keeps fp32 there; bf16 and int8 are
+    /// there to be measured or chosen for memory. On a GPU the reduced
+    /// precision is bf16 (tensor cores, several times fp32's speed there),
+    /// taken by `Auto` under the same check. The check is reported by
     /// [`Clip::image_precision_check`].
     pub fn set_image_precision(&mut self, precision: Precision) -> Result<(), ClipError> {
         self.model.set_image_precision(Precision::Fp32)?;
@@ -297,6 +300,7 @@ impl Clip {
             // A GPU multiplies in bf16 on its tensor cores, several times
             // faster than fp32 there, so `Auto` takes it if it passes.
             _ if !self.device.is_cpu() => Precision::Bf16,
+            Precision::Auto if crate::bf16_dot::available() => Precision::Bf16,
             Precision::Auto => return Ok(()),
             p => p,
         };

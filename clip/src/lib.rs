@@ -16,6 +16,7 @@
 #![warn(missing_docs)]
 
 mod autograd;
+mod bf16_dot;
 mod checkpoint;
 mod config;
 mod embedder;

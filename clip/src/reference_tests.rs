@@ -567,6 +567,31 @@ fn reduced_precision_image_embeddings_stay_close_to_the_reference() {
             let cosine: f32 = a.iter().zip(b).map(|(x, y)| x * y).sum();
             assert!(cosine >= 0.999, "{precision} image {i}: cosine {cosine}");
         }
+        // Each image alone and in a batch of 8 (more rows than the few-row
+        // paths take): the same arithmetic, so the same embedding (bf16 dot
+        // products round their inputs, which would turn any batch-dependent
+        // f32 difference into a visible one).
+        let n = pixels.dim(0).unwrap();
+        let batch = Tensor::cat(&vec![pixels; 8usize.div_ceil(n)], 0).unwrap();
+        let batched = l2_normalize(&model.image_features(&batch).unwrap())
+            .unwrap()
+            .to_vec2::<f32>()
+            .unwrap();
+        for (i, b) in batched.iter().enumerate() {
+            let alone = model
+                .image_features(&batch.narrow(0, i, 1).unwrap())
+                .unwrap();
+            let alone = l2_normalize(&alone).unwrap().to_vec2::<f32>().unwrap();
+            let d = alone[0]
+                .iter()
+                .zip(b)
+                .map(|(x, y)| (x - y).abs())
+                .fold(0f32, f32::max);
+            assert!(
+                d < 1e-6,
+                "{precision} image {i}: alone vs batched differ by {d}"
+            );
+        }
     }
     assert_eq!(model.set_image_precision(Precision::Fp32).unwrap(), 0);
     let exact = l2_normalize(&model.image_features(pixels).unwrap()).unwrap();
@@ -578,10 +603,10 @@ fn reduced_precision_image_embeddings_stay_close_to_the_reference() {
     );
 }
 
-/// `Clip::set_image_precision`: `auto` keeps fp32 (faster for image
-/// batches with AVX2); int8 is checked on the probe images and the fixture
-/// photos' embeddings stay within 0.999 of the reference; fp32 drops the
-/// copies.
+/// `Clip::set_image_precision`: `auto` takes bf16 where the CPU has bf16
+/// dot products and keeps fp32 elsewhere (faster for image batches with
+/// AVX2 only); int8 is checked on the probe images and the fixture photos'
+/// embeddings stay within 0.999 of the reference; fp32 drops the copies.
 #[test]
 fn image_precision_is_checked_when_set() {
     use crate::{Precision, AUTO_MIN_COSINE};
@@ -591,8 +616,14 @@ fn image_precision_is_checked_when_set() {
     let mut clip = Clip::load_dir(&fixture_dir(), &Device::Cpu).unwrap();
     assert_eq!(clip.image_precision(), Precision::Fp32);
     clip.set_image_precision(Precision::Auto).unwrap();
-    assert_eq!(clip.image_precision(), Precision::Fp32);
-    assert!(clip.image_precision_check().is_none());
+    if crate::bf16_dot::available() {
+        assert_eq!(clip.image_precision(), Precision::Bf16);
+        let report = clip.image_precision_check().copied().unwrap();
+        assert!(report.min_cosine >= AUTO_MIN_COSINE);
+    } else {
+        assert_eq!(clip.image_precision(), Precision::Fp32);
+        assert!(clip.image_precision_check().is_none());
+    }
     clip.set_image_precision(Precision::Int8).unwrap();
     let report = clip.image_precision_check().copied().unwrap();
     assert_eq!(

@@ -5,7 +5,7 @@ use candle_core::{Module, Result, Tensor};
 use candle_nn::{Init, VarBuilder};
 
 use crate::config::VisionConfig;
-use crate::layers::{Encoder, EncoderShape, LayerNorm};
+use crate::layers::{Encoder, EncoderShape, LayerNorm, Linear};
 
 /// Outputs of the vision tower for a batch of images.
 #[derive(Debug)]
@@ -21,9 +21,13 @@ pub struct VisionOutput {
 /// `vision_model.*` of an HF `CLIPModel`.
 #[derive(Clone, Debug)]
 pub struct VisionTransformer {
-    /// `[dim, channels, patch, patch]`, applied as a matmul over patches
-    /// (a convolution whose stride equals its kernel).
-    patch_embedding: Tensor,
+    /// The `[dim, channels, patch, patch]` patch embedding as a
+    /// `[dim, channels·patch²]` linear layer over flattened patches (a
+    /// convolution whose stride equals its kernel), so that the patch
+    /// product takes the reduced-precision copies like every other product
+    /// (with bf16 dot products its inputs are rounded too, and an image's
+    /// embedding does not depend on the size of its batch).
+    patch_projection: Linear,
     class_embedding: Tensor,
     position_embedding: Tensor,
     pre_layrnorm: LayerNorm,
@@ -72,8 +76,12 @@ impl VisionTransformer {
             act: cfg.hidden_act,
             eps: cfg.layer_norm_eps,
         };
+        let patch_projection = Linear::from_parts(
+            patch_embedding.reshape((d, cfg.num_channels * p * p))?,
+            None,
+        );
         Ok(Self {
-            patch_embedding,
+            patch_projection,
             class_embedding,
             position_embedding,
             pre_layrnorm: LayerNorm::new(d, cfg.layer_norm_eps, vb.pp("pre_layrnorm"))?,
@@ -87,7 +95,8 @@ impl VisionTransformer {
     /// Keeps reduced-precision copies of the encoder's weights (see
     /// [`crate::Precision`]); returns their bytes.
     pub fn set_precision(&mut self, precision: crate::Precision) -> Result<usize> {
-        self.encoder.set_query_precision(precision)
+        self.patch_projection.set_query_precision(precision)?;
+        Ok(self.encoder.set_query_precision(precision)? + self.patch_projection.query_bytes())
     }
 
     /// Runs the tower.
@@ -107,8 +116,10 @@ impl VisionTransformer {
             .permute((0, 2, 4, 1, 3, 5))?
             .contiguous()?
             .reshape((b * g * g, c * p * p))?;
-        let kernel = self.patch_embedding.reshape((d, c * p * p))?;
-        let x = patches.matmul(&kernel.t()?)?.reshape((b, g * g, d))?;
+        let x = self
+            .patch_projection
+            .forward(&patches)?
+            .reshape((b, g * g, d))?;
         let cls = self
             .class_embedding
             .reshape((1, 1, d))?
