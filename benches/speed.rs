@@ -503,8 +503,13 @@ fn main() {
     }
     if args.indexing {
         clip.set_query_precision(Precision::Fp32).unwrap();
+        // As `glimpse index` runs: image precision `auto` (bf16 where the
+        // CPU has bf16 dot products, else fp32).
+        clip.set_image_precision(Precision::Auto).unwrap();
         if args.photos.is_dir() {
-            report.insert("indexing".into(), indexing(&clip, &args.photos, args.quick));
+            let mut run = indexing(&clip, &args.photos, args.quick);
+            run["image_precision"] = json!(clip.image_precision().name());
+            report.insert("indexing".into(), run);
         } else {
             eprintln!("no photos at {}: indexing skipped", args.photos.display());
         }
