@@ -310,7 +310,7 @@ mod tests {
             return;
         }
         // Odd k, partial panels, every micro-kernel height, more than one
-        // row block and cache block.
+        // row block and cache block, both output paths.
         for &(m, k, n) in &[
             (1, 1, 1),
             (3, 7, 5),
@@ -318,6 +318,8 @@ mod tests {
             (13, 300, 33),
             (200, 771, 70),
             (MC + 5, 2 * KC2 + 3, NR + 1),
+            // Whole panels and more rows than a block: written in place.
+            (2 * MC + 7, 2 * KC2 + 1, 2 * NR),
         ] {
             let x = values(m * k, (m * 31 + k) as u64);
             let w = values(n * k, (n * 17 + k) as u64);

@@ -142,6 +142,18 @@ impl QueryWeights {
         bias: Option<&Tensor>,
         precision: Precision,
     ) -> Result<Option<Self>> {
+        Self::with_layout(weight, bias, precision, bf16_dot::available())
+    }
+
+    /// [`QueryWeights::new`], packing bf16 for the dot-product kernel only
+    /// if `dot_products` (which requires the CPU to have it): the tests run
+    /// both layouts on a CPU that has it.
+    fn with_layout(
+        weight: &Tensor,
+        bias: Option<&Tensor>,
+        precision: Precision,
+        dot_products: bool,
+    ) -> Result<Option<Self>> {
         let (rows, cols) = weight.dims2()?;
         let precision = precision.resolve();
         if precision == Precision::Fp32 {
@@ -152,9 +164,7 @@ impl QueryWeights {
             .flatten_all()?
             .to_vec1::<f32>()?;
         let data = match precision {
-            Precision::Bf16 if bf16_dot::available() => {
-                Data::Bf16Pairs(bf16_dot::pack(&values, rows, cols))
-            }
+            Precision::Bf16 if dot_products => Data::Bf16Pairs(bf16_dot::pack(&values, rows, cols)),
             Precision::Bf16 => {
                 let bits: Vec<u16> = values
                     .iter()
@@ -264,11 +274,22 @@ mod tests {
                 .unwrap()
                 .to_scalar::<f32>()
                 .unwrap();
-            for (p, tol) in [(Precision::Bf16, 0.01), (Precision::Int8, 0.02)] {
-                let q = QueryWeights::new(&w, None, p).unwrap().unwrap();
+            // bf16 in both layouts where the CPU has bf16 dot products: the
+            // widening kernel (AVX2 machines) and the dot-product one.
+            let layouts = [false, crate::bf16_dot::available()];
+            let cases = [
+                (Precision::Bf16, 0.01, layouts[0]),
+                (Precision::Bf16, 0.01, layouts[1]),
+                (Precision::Int8, 0.02, false),
+            ];
+            for (p, tol, dot) in cases {
+                let q = QueryWeights::with_layout(&w, None, p, dot)
+                    .unwrap()
+                    .unwrap();
+                assert_eq!(matches!(q.data, Data::Bf16Pairs(_)), dot);
                 let got = q.matmul_t(&x).unwrap();
                 let d = crate::test_util::max_abs_diff(&got, &want) / scale;
-                assert!(d < tol, "{p} {m}x{k}x{n}: relative error {d}");
+                assert!(d < tol, "{p} (dot {dot}) {m}x{k}x{n}: relative error {d}");
                 assert!(d > 0.0, "{p}: the product cannot be exact");
             }
         }
