@@ -63,6 +63,8 @@ fn percentile(sorted: &[f64], p: f64) -> f64 {
 }
 
 fn main() {
+    // As the `glimpse` binary runs.
+    glimpse_clip::retain_freed_memory();
     let n = arg("--n", 10_000);
     let clients = arg("--clients", 8);
     let seconds = arg("--seconds", 30);

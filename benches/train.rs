@@ -35,6 +35,8 @@ const USAGE: &str = "usage: train [--steps N] [--batch-size B] [--micro-batch M]
                      [--data DIR] [--no-eval]";
 
 fn main() {
+    // As the `glimpse` binary runs.
+    glimpse_clip::retain_freed_memory();
     let args: Vec<String> = std::env::args().collect();
     // Refuse what it does not know rather than train 500 steps on a typo.
     let mut i = 1;

@@ -273,6 +273,7 @@ enum Command {
 }
 
 fn main() -> ExitCode {
+    glimpse_clip::retain_freed_memory();
     let matches = Cli::command().get_matches();
     let cli = match Cli::from_arg_matches(&matches) {
         Ok(cli) => cli,

@@ -15,6 +15,7 @@
 //! pixels) and does not train (`glimpse-trainer` does, on [`ClipModel`]).
 #![warn(missing_docs)]
 
+mod allocator;
 mod autograd;
 mod bf16_dot;
 mod checkpoint;
@@ -29,6 +30,7 @@ mod precision;
 mod text;
 mod vision;
 
+pub use allocator::{release_freed_memory, retain_freed_memory};
 pub use checkpoint::{Layout, ModelFiles};
 pub use config::{Activation, ClipConfig, TextConfig, VisionConfig};
 pub use embedder::{default_device, Clip, PrecisionCheck, AUTO_MIN_COSINE};

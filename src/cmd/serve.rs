@@ -40,6 +40,9 @@ pub fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let clip = Arc::new(clip);
     let library = Library::open_or_create(&dir, &model_identity(&clip), false)?;
     let state = AppState::new(library, clip, args.options)?;
+    // Loading's temporaries (model conversion, library maps) are freed but
+    // kept by `retain_freed_memory`; a long-running server gives them back.
+    glimpse_clip::release_freed_memory();
     let watch = (!args.watch.is_empty()).then(|| IndexOptions {
         walk: WalkOptions {
             roots: args.watch.clone(),
