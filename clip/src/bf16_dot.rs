@@ -15,6 +15,8 @@
 
 use rayon::prelude::*;
 
+use crate::kernels::{tile_shape, tiled_product};
+
 /// Output columns per packed panel: two 16-lane registers.
 pub(crate) const NR: usize = 32;
 /// Input rows per micro-kernel call: 12 rows × 2 registers = 24
@@ -85,17 +87,14 @@ pub(crate) fn product(
     assert!(x.len() >= m * k && packed.len() >= packed_len(n, k));
     let k2 = k.div_ceil(2);
     let panels = n.div_ceil(NR);
-    let mut out = vec![0f32; m * n];
     if m == 0 || n == 0 {
-        return out;
+        return vec![0f32; m * n];
     }
     // The inputs as bf16 pairs, one u32 per pair, rows padded to `k2`.
     let mut xs = vec![0u32; m * k2];
     xs.par_chunks_mut(k2)
         .zip(x.par_chunks(k.max(1)))
         .for_each(|(dst, src)| to_pairs(src, dst));
-    // Few rows (a query): split the panels so that each weight is read
-    // once. Many rows (a batch): blocks of rows against every panel.
     let finish = |rows: &mut [f32]| {
         if let Some(bias) = bias {
             for row in rows.chunks_exact_mut(n) {
@@ -106,6 +105,7 @@ pub(crate) fn product(
     if m > MC && n.is_multiple_of(NR) {
         // A batch: each block of rows written in place against every
         // panel, its bias added while it is in cache.
+        let mut out = vec![0f32; m * n];
         out.par_chunks_mut(MC * n)
             .zip(xs.par_chunks(MC * k2))
             .for_each(|(block, a)| {
@@ -114,37 +114,16 @@ pub(crate) fn product(
             });
         return out;
     }
-    let threads = rayon::current_num_threads().max(1);
-    let (row_block, panel_group) = if m <= MC {
-        (m, panels.div_ceil(2 * threads).max(1))
-    } else {
-        (MC, panels)
-    };
-    let tiles: Vec<(usize, usize)> = (0..m)
-        .step_by(row_block)
-        .flat_map(|r0| (0..panels).step_by(panel_group).map(move |q0| (r0, q0)))
-        .collect();
-    let results: Vec<Vec<f32>> = tiles
-        .par_iter()
-        .map(|&(r0, q0)| {
-            let rows = row_block.min(m - r0);
-            let count = panel_group.min(panels - q0);
-            let mut tile = vec![0f32; rows * count * NR];
-            let a = &xs[r0 * k2..(r0 + rows) * k2];
-            let b = &packed[q0 * k2 * NR * 2..(q0 + count) * k2 * NR * 2];
-            tile_product(a, rows, k2, b, count, &mut tile);
-            tile
-        })
-        .collect();
-    for (&(r0, q0), tile) in tiles.iter().zip(&results) {
-        let rows = row_block.min(m - r0);
-        let count = panel_group.min(panels - q0);
-        let (j0, width) = (q0 * NR, count * NR);
-        let cols = width.min(n - j0);
-        for r in 0..rows {
-            out[(r0 + r) * n + j0..][..cols].copy_from_slice(&tile[r * width..][..cols]);
-        }
-    }
+    // Few rows (a query) split the panels between threads; a batch whose
+    // last panel is partial goes by blocks of rows, through tiles.
+    let shape = tile_shape(m, panels, MC, MC);
+    let mut out = tiled_product(m, n, NR, shape, |r0, rows, q0, count| {
+        let mut tile = vec![0f32; rows * count * NR];
+        let a = &xs[r0 * k2..(r0 + rows) * k2];
+        let b = &packed[q0 * k2 * NR * 2..(q0 + count) * k2 * NR * 2];
+        tile_product(a, rows, k2, b, count, &mut tile);
+        tile
+    });
     finish(&mut out);
     out
 }

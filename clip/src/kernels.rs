@@ -338,68 +338,99 @@ pub(crate) fn rows_times_panels<T: WeightElem>(
     scales: Option<&[f32]>,
     bias: Option<&[f32]>,
 ) -> Vec<f32> {
-    let panels = n.div_ceil(PANEL);
-    let mut out = vec![0f32; m * n];
     if m == 0 || n == 0 {
-        return out;
+        return vec![0f32; m * n];
     }
-    let (row_block, panel_group) = if m <= SMALL_M {
-        (m, panels.div_ceil(2 * rayon::current_num_threads()).max(1))
-    } else {
-        // About 128 KiB of input rows per tile, a multiple of the kernel's 6.
-        ((32 * 1024 / k.max(1)).max(6) / 6 * 6, panels)
-    };
+    // A batch: about 128 KiB of input rows per tile, a multiple of the
+    // kernel's 6.
+    let batch_rows = (32 * 1024 / k.max(1)).max(6) / 6 * 6;
+    let shape = tile_shape(m, n.div_ceil(PANEL), SMALL_M, batch_rows);
+    let mut out = tiled_product(m, n, PANEL, shape, |r0, rows, q0, count| {
+        let mut tile = vec![0f32; count * rows * PANEL];
+        let xs = &x[r0 * k..(r0 + rows) * k];
+        // A batch makes many passes over each panel: widen it once. A
+        // query makes one or two: widening in registers is cheaper.
+        let mut wide = if m > SMALL_M {
+            vec![0f32; k * PANEL]
+        } else {
+            Vec::new()
+        };
+        for (i, o) in tile.chunks_exact_mut(rows * PANEL).enumerate() {
+            let q = q0 + i;
+            let panel = &packed[q * k * PANEL..(q + 1) * k * PANEL];
+            if wide.is_empty() {
+                panel_product(xs, rows, k, panel, o);
+            } else {
+                wide.iter_mut()
+                    .zip(panel)
+                    .for_each(|(w, p)| *w = p.to_f32());
+                panel_product(xs, rows, k, &wide, o);
+            }
+        }
+        // `[count][rows][PANEL]` → `[rows][count·PANEL]`.
+        let mut rows_major = vec![0f32; tile.len()];
+        for (i, block) in tile.chunks_exact(rows * PANEL).enumerate() {
+            for (r, src) in block.chunks_exact(PANEL).enumerate() {
+                rows_major[r * count * PANEL + i * PANEL..][..PANEL].copy_from_slice(src);
+            }
+        }
+        rows_major
+    });
+    for row in out.chunks_exact_mut(n) {
+        if let Some(scales) = scales {
+            row.iter_mut().zip(scales).for_each(|(v, s)| *v *= s);
+        }
+        if let Some(bias) = bias {
+            row.iter_mut().zip(bias).for_each(|(v, b)| *v += b);
+        }
+    }
+    out
+}
+
+/// The tile plumbing of the panel kernels (here and in `bf16_dot`): cuts
+/// an `[m, n]` product into tiles of `row_block` rows × `panel_group`
+/// panels of `nr` columns, computes them in parallel with
+/// `tile(r0, rows, q0, count)` — which returns the tile's `[rows][count·nr]`
+/// values — and copies them into a row-major `[m, n]`, dropping the last
+/// panel's padding.
+pub(crate) fn tiled_product(
+    m: usize,
+    n: usize,
+    nr: usize,
+    (row_block, panel_group): (usize, usize),
+    tile: impl Fn(usize, usize, usize, usize) -> Vec<f32> + Sync,
+) -> Vec<f32> {
+    let panels = n.div_ceil(nr);
+    let mut out = vec![0f32; m * n];
     let tiles: Vec<(usize, usize)> = (0..m)
         .step_by(row_block)
         .flat_map(|r0| (0..panels).step_by(panel_group).map(move |q0| (r0, q0)))
         .collect();
-    let products: Vec<Vec<f32>> = tiles
+    let results: Vec<Vec<f32>> = tiles
         .par_iter()
-        .map(|&(r0, q0)| {
-            let rows = row_block.min(m - r0);
-            let count = panel_group.min(panels - q0);
-            let mut tile = vec![0f32; count * rows * PANEL];
-            let xs = &x[r0 * k..(r0 + rows) * k];
-            // A batch makes many passes over each panel: widen it once. A
-            // query makes one or two: widening in registers is cheaper.
-            let mut wide = if m > SMALL_M {
-                vec![0f32; k * PANEL]
-            } else {
-                Vec::new()
-            };
-            for (i, o) in tile.chunks_exact_mut(rows * PANEL).enumerate() {
-                let q = q0 + i;
-                let panel = &packed[q * k * PANEL..(q + 1) * k * PANEL];
-                if wide.is_empty() {
-                    panel_product(xs, rows, k, panel, o);
-                } else {
-                    wide.iter_mut()
-                        .zip(panel)
-                        .for_each(|(w, p)| *w = p.to_f32());
-                    panel_product(xs, rows, k, &wide, o);
-                }
-            }
-            tile
-        })
+        .map(|&(r0, q0)| tile(r0, row_block.min(m - r0), q0, panel_group.min(panels - q0)))
         .collect();
-    for (&(r0, q0), tile) in tiles.iter().zip(&products) {
+    for (&(r0, q0), values) in tiles.iter().zip(&results) {
         let rows = row_block.min(m - r0);
-        for (i, block) in tile.chunks_exact(rows * PANEL).enumerate() {
-            let j0 = (q0 + i) * PANEL;
-            let cols = PANEL.min(n - j0);
-            for r in 0..rows {
-                let dst = &mut out[(r0 + r) * n + j0..(r0 + r) * n + j0 + cols];
-                dst.copy_from_slice(&block[r * PANEL..r * PANEL + cols]);
-                if let Some(scales) = scales {
-                    dst.iter_mut().zip(&scales[j0..]).for_each(|(v, s)| *v *= s);
-                }
-                if let Some(bias) = bias {
-                    dst.iter_mut().zip(&bias[j0..]).for_each(|(v, b)| *v += b);
-                }
-            }
+        let width = values.len() / rows;
+        let j0 = q0 * nr;
+        let cols = width.min(n - j0);
+        for r in 0..rows {
+            out[(r0 + r) * n + j0..][..cols].copy_from_slice(&values[r * width..][..cols]);
         }
     }
     out
+}
+
+/// Tiles for a product of `m` rows over `panels` panels: few rows (a
+/// query) → all rows against a share of the panels per thread, so that each
+/// weight is read once; else blocks of `row_block` rows against every panel.
+pub(crate) fn tile_shape(m: usize, panels: usize, few: usize, row_block: usize) -> (usize, usize) {
+    if m <= few {
+        (m, panels.div_ceil(2 * rayon::current_num_threads()).max(1))
+    } else {
+        (row_block, panels)
+    }
 }
 
 /// `out[i * PANEL + c] = x_i · panel[.., c]` for one packed panel.
