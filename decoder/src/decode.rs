@@ -42,6 +42,9 @@ pub struct DecodedImage {
     pub orientation: Orientation,
     /// Whether the source had an alpha channel (composited or dropped).
     pub had_alpha: bool,
+    /// By how much the pixels were reduced while decoding (1, 2, 4 or 8;
+    /// see [`decode_bytes_reduced`]); 1 means full size.
+    pub reduction: u32,
 }
 
 impl DecodedImage {
@@ -79,7 +82,7 @@ pub fn decode_path(
         }
     })?;
     let hint = ImageFormat::from_path(path).ok();
-    decode(&bytes, hint, cfg).map_err(|e| e.with_path(path))
+    decode(&bytes, hint, cfg, None).map_err(|e| e.with_path(path))
 }
 
 /// Decodes an image held in memory, recognising the format from the content.
@@ -97,13 +100,37 @@ pub fn decode_path(
 /// - A panic inside a codec is caught and reported as
 ///   [`DecodeError::Corrupt`]: no input makes this function panic.
 pub fn decode_bytes(bytes: &[u8], cfg: &PreprocessConfig) -> Result<DecodedImage, DecodeError> {
-    decode(bytes, None, cfg)
+    decode(bytes, None, cfg, None)
+}
+
+/// [`decode_bytes`], except that a JPEG large enough is reduced while it is
+/// decoded — by 1/2, 1/4 or 1/8, the most that keeps the shortest side
+/// (rounded up, as libjpeg does) at least `min_side` — in the DCT
+/// domain, as libjpeg-turbo does for Pillow's `draft()`. Entropy decoding
+/// still reads every coefficient, but the inverse DCT, chroma upsampling
+/// and colour conversion run on 1/4 to 1/64 of the pixels, and so does
+/// whatever resizes the result: for a 12-megapixel photo, decoding plus
+/// CLIP preprocessing becomes several times cheaper.
+///
+/// The pixels are *not* those of a full-size decode followed by a resize:
+/// the reduced IDCT averages blocks of 2x2 to 8x8 samples. With `min_side`
+/// at twice the model's input size the preprocessed pixels stay close to
+/// the reference's (see the crate's tests and the README's measurements).
+/// Other formats, and JPEGs this crate's exact decoder declines, are
+/// decoded at full size; [`DecodedImage::reduction`] says what was done.
+pub fn decode_bytes_reduced(
+    bytes: &[u8],
+    cfg: &PreprocessConfig,
+    min_side: u32,
+) -> Result<DecodedImage, DecodeError> {
+    decode(bytes, None, cfg, Some(min_side.max(1)))
 }
 
 fn decode(
     bytes: &[u8],
     extension_hint: Option<ImageFormat>,
     cfg: &PreprocessConfig,
+    min_side: Option<u32>,
 ) -> Result<DecodedImage, DecodeError> {
     if bytes.is_empty() {
         return Err(DecodeError::Empty { path: None });
@@ -127,16 +154,18 @@ fn decode(
             }
         },
     };
-    catch_unwind(AssertUnwindSafe(|| decode_as(bytes, format, cfg))).unwrap_or_else(|panic| {
-        Err(DecodeError::Corrupt {
-            path: None,
-            format: format_name(format),
-            message: format!(
-                "the decoder crashed ({}); the file is most likely damaged",
-                panic_message(&panic)
-            ),
-        })
-    })
+    catch_unwind(AssertUnwindSafe(|| decode_as(bytes, format, cfg, min_side))).unwrap_or_else(
+        |panic| {
+            Err(DecodeError::Corrupt {
+                path: None,
+                format: format_name(format),
+                message: format!(
+                    "the decoder crashed ({}); the file is most likely damaged",
+                    panic_message(&panic)
+                ),
+            })
+        },
+    )
 }
 
 fn panic_message(panic: &Box<dyn Any + Send>) -> &str {
@@ -159,6 +188,7 @@ fn decode_as(
     bytes: &[u8],
     format: ImageFormat,
     cfg: &PreprocessConfig,
+    min_side: Option<u32>,
 ) -> Result<DecodedImage, DecodeError> {
     let fail = |e| map_image_error(e, format);
     let mut reader = ImageReader::with_format(Cursor::new(bytes), format);
@@ -200,13 +230,23 @@ fn decode_as(
     let orientation = decoder.orientation().unwrap_or(Orientation::NoTransforms);
 
     let exact = if format == ImageFormat::Jpeg {
-        libjpeg_turbo_exact(bytes, (width, height))
+        let reduction = min_side.map_or(1, |min_side| reduction_for((width, height), min_side));
+        libjpeg_turbo_exact(bytes, (width, height), reduction)
+            .map(|image| (image, reduction))
+            .or_else(|| {
+                // A variant the reduced path declines may still decode at
+                // full size exactly.
+                (reduction > 1)
+                    .then(|| libjpeg_turbo_exact(bytes, (width, height), 1))
+                    .flatten()
+                    .map(|image| (image, 1))
+            })
     } else {
         None
     };
-    let image = match exact {
-        Some(image) => image,
-        None => DynamicImage::from_decoder(decoder).map_err(fail)?,
+    let (image, reduction) = match exact {
+        Some(decoded) => decoded,
+        None => (DynamicImage::from_decoder(decoder).map_err(fail)?, 1),
     };
     let had_alpha = has_alpha(&image);
     let rgb = into_rgb8(image, cfg.alpha);
@@ -224,17 +264,34 @@ fn decode_as(
         source_height: height,
         orientation,
         had_alpha,
+        reduction,
     })
+}
+
+/// The largest JPEG reduction (1, 2, 4 or 8) that keeps the shortest side
+/// of a `(width, height)` image at least `min_side`.
+fn reduction_for((width, height): (u32, u32), min_side: u32) -> u32 {
+    let shortest = width.min(height);
+    [8, 4, 2]
+        .into_iter()
+        .find(|&r| shortest.div_ceil(r) >= min_side)
+        .unwrap_or(1)
 }
 
 /// Decodes a JPEG with the libjpeg-turbo-exact decoder, or `None` when it
 /// declines (unsupported variant, damaged data, even a panic), in which case
 /// the `image` crate's decoder is used.
-fn libjpeg_turbo_exact(bytes: &[u8], dimensions: (u32, u32)) -> Option<DynamicImage> {
-    let image = catch_unwind(AssertUnwindSafe(|| jpeg::decode(bytes)))
-        .ok()?
-        .ok()?;
-    (image.dimensions() == dimensions).then_some(image)
+fn libjpeg_turbo_exact(
+    bytes: &[u8],
+    (width, height): (u32, u32),
+    reduction: u32,
+) -> Option<DynamicImage> {
+    let image = catch_unwind(AssertUnwindSafe(|| {
+        jpeg::decode_reduced(bytes, reduction as usize)
+    }))
+    .ok()?
+    .ok()?;
+    (image.dimensions() == (width.div_ceil(reduction), height.div_ceil(reduction))).then_some(image)
 }
 
 fn map_image_error(e: ImageError, format: ImageFormat) -> DecodeError {
@@ -277,6 +334,7 @@ fn map_image_error(e: ImageError, format: ImageFormat) -> DecodeError {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::pixels::to_pixels;
     use glimpse_config::AlphaMode;
     use image::codecs::jpeg::JpegEncoder;
     use image::{Rgb, Rgba, RgbaImage};
@@ -576,5 +634,59 @@ mod tests {
             "{:?}",
             d.rgb.get_pixel(0, 0)
         );
+    }
+
+    fn fixture_photo(name: &str) -> Vec<u8> {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join(name);
+        std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+    }
+
+    #[test]
+    fn reduction_keeps_the_shortest_side() {
+        assert_eq!(reduction_for((1500, 1000), 448), 2);
+        assert_eq!(reduction_for((1500, 1000), 224), 4);
+        assert_eq!(reduction_for((6000, 4000), 448), 8);
+        assert_eq!(reduction_for((1000, 6000), 448), 2);
+        assert_eq!(reduction_for((894, 2000), 448), 1);
+        assert_eq!(reduction_for((895, 2000), 448), 2);
+        assert_eq!(reduction_for((896, 896), 448), 2);
+        // ceil(1793 / 4) = 449.
+        assert_eq!(reduction_for((1793, 1793), 448), 4);
+        assert_eq!(reduction_for((10, 10), 1), 8);
+    }
+
+    /// Real photos decoded reduced, then preprocessed, stay close to the
+    /// full-size decode's pixels (normalised units: one 8-bit level is
+    /// about 0.015); small photos and other formats are not reduced.
+    #[test]
+    fn reduced_decoding_stays_near_the_full_size_pixels() {
+        let cfg = cfg();
+        for (name, expected) in [
+            ("tests/data/large/exiv2-bug876.jpg", (750, 500)),
+            ("tests/data/large/mate-FreshFlower.jpg", (800, 602)),
+        ] {
+            let bytes = fixture_photo(name);
+            let full = decode_bytes(&bytes, &cfg).unwrap();
+            assert_eq!(full.reduction, 1);
+            let reduced = decode_bytes_reduced(&bytes, &cfg, 448).unwrap();
+            assert_eq!(reduced.reduction, 2, "{name}");
+            assert_eq!(reduced.rgb.dimensions(), expected, "{name}");
+            assert_eq!(
+                (reduced.source_width, reduced.source_height),
+                (full.source_width, full.source_height)
+            );
+            let (a, b) = (to_pixels(&full.rgb, &cfg), to_pixels(&reduced.rgb, &cfg));
+            let diffs: Vec<f32> = a.iter().zip(&b).map(|(x, y)| (x - y).abs()).collect();
+            let max = diffs.iter().copied().fold(0f32, f32::max);
+            let mean = diffs.iter().sum::<f32>() / diffs.len() as f32;
+            assert!(max > 0.0, "{name}: reduced decoding changed nothing");
+            assert!(max < 0.5 && mean < 0.01, "{name}: max {max}, mean {mean}");
+        }
+        let small = fixture_photo("../tests/fixtures/photos/skimage-rocket.jpg");
+        let d = decode_bytes_reduced(&small, &cfg, 448).unwrap();
+        assert_eq!((d.reduction, d.rgb.dimensions()), (1, (640, 427)));
+        assert_eq!(d, decode_bytes(&small, &cfg).unwrap());
+        let png = png_bytes(&DynamicImage::ImageRgb8(RgbImage::new(2000, 2000)));
+        assert_eq!(decode_bytes_reduced(&png, &cfg, 224).unwrap().reduction, 1);
     }
 }

@@ -33,8 +33,26 @@ const NATURAL_ORDER: [usize; 80] = [
 ];
 
 /// Decodes `data` exactly as libjpeg-turbo would, or declines.
+#[cfg(test)]
 pub(crate) fn decode(data: &[u8]) -> Result<DynamicImage> {
-    let mut d = Decoder::default();
+    decode_reduced(data, 1)
+}
+
+/// Decodes `data` at `1 / reduction` of its size (`reduction` is 1, 2, 4
+/// or 8) exactly as libjpeg-turbo does with `scale_num = 1`, `scale_denom =
+/// reduction` (Pillow's `draft()`), or declines: the reduction happens in
+/// the IDCT (`jidctred.c`'s 4x4, 2x2 and 1x1 transforms), chroma planes are
+/// brought to full size by a larger IDCT where the sampling allows
+/// (`jdmaster.c`), and the output is `ceil(width / reduction)` x
+/// `ceil(height / reduction)`.
+pub(crate) fn decode_reduced(data: &[u8], reduction: usize) -> Result<DynamicImage> {
+    if !matches!(reduction, 1 | 2 | 4 | 8) {
+        return Err("unsupported reduction");
+    }
+    let mut d = Decoder {
+        min_size: 8 / reduction,
+        ..Decoder::default()
+    };
     d.run(data)?;
     d.finish()
 }
@@ -46,6 +64,10 @@ const FAST_BITS: u32 = 9;
 struct Huffman {
     /// Indexed by the next `FAST_BITS` bits: `(length << 8) | symbol`, or 0.
     fast: Vec<u16>,
+    /// For AC tables, indexed the same way: a whole run/size code *and* its
+    /// value bits when both fit in `FAST_BITS` and the value in an `i8`:
+    /// `(value << 8) | (run << 4) | (code length + size)`, or 0.
+    fast_ac: Vec<i16>,
     /// Largest code of each length (-1: none); index 17 is a sentinel.
     maxcode: [i32; 18],
     /// Added to a code of each length to index `values`.
@@ -102,8 +124,22 @@ impl Huffman {
                 }
             }
         }
+        let mut fast_ac = vec![0i16; 1 << FAST_BITS];
+        for (i, (out, &e)) in fast_ac.iter_mut().zip(&fast).enumerate() {
+            let (len, rs) = (u32::from(e >> 8), e & 0xFF);
+            let (run, size) = (rs >> 4, u32::from(rs & 15));
+            if e == 0 || size == 0 || len + size > FAST_BITS {
+                continue;
+            }
+            let magnitude = ((i << len) & ((1 << FAST_BITS) - 1)) >> (FAST_BITS - size);
+            let value = extend(magnitude as u32, size);
+            if (-128..=127).contains(&value) {
+                *out = ((value << 8) | i32::from(run << 4) | (len + size) as i32) as i16;
+            }
+        }
         Ok(Self {
             fast,
+            fast_ac,
             maxcode,
             valoffset,
             values: values.to_vec(),
@@ -192,6 +228,23 @@ impl<'a> Bits<'a> {
     #[inline(always)]
     fn bit(&mut self) -> bool {
         self.bits(1) != 0
+    }
+
+    /// The `fast_ac` entry of `h` for the next bits (0: take the slow
+    /// path); [`Bits::consume`] its length when it is used.
+    #[inline(always)]
+    fn peek_fast_ac(&mut self, h: &Huffman) -> i16 {
+        if self.n < 16 {
+            self.fill();
+        }
+        h.fast_ac[(self.acc >> (64 - FAST_BITS)) as usize]
+    }
+
+    /// Drops `k <= 16` bits already in the buffer (after a peek).
+    #[inline(always)]
+    fn consume(&mut self, k: u32) {
+        self.acc <<= k;
+        self.n -= k;
     }
 
     #[inline(always)]
@@ -408,6 +461,134 @@ fn idct_islow(coef: &[i16; 64], q: &[u16; 64], out: &mut [u8], stride: usize) {
     }
 }
 
+const FIX_0_211164243: i64 = 1730;
+const FIX_0_509795579: i64 = 4176;
+const FIX_0_601344887: i64 = 4926;
+const FIX_0_720959822: i64 = 5906;
+const FIX_0_850430095: i64 = 6967;
+const FIX_1_061594337: i64 = 8697;
+const FIX_1_272758580: i64 = 10426;
+const FIX_1_451774981: i64 = 11893;
+const FIX_2_172734803: i64 = 17799;
+const FIX_3_624509785: i64 = 29692;
+
+#[inline(always)]
+fn descale64(x: i64, n: i64) -> i64 {
+    x.wrapping_add(1 << (n - 1)) >> n
+}
+
+#[inline(always)]
+fn limit64(x: i64) -> u8 {
+    IDCT_LIMIT[(x as i32 & 1023) as usize]
+}
+
+/// The dequantised coefficient at natural index `i`.
+#[inline(always)]
+fn dq(coef: &[i16; 64], q: &[u16; 64], i: usize) -> i64 {
+    i64::from(coef[i]) * i64::from(q[i])
+}
+
+/// The IDCT producing `size` x `size` samples from an 8x8 block (8:
+/// [`idct_islow`]; 4, 2, 1: libjpeg's reduced transforms).
+fn idct_sized(coef: &[i16; 64], q: &[u16; 64], out: &mut [u8], stride: usize, size: usize) {
+    match size {
+        8 => idct_islow(coef, q, out, stride),
+        4 => idct_4x4(coef, q, out, stride),
+        2 => idct_2x2(coef, q, out, stride),
+        _ => out[0] = limit64(descale64(dq(coef, q, 0), 3)),
+    }
+}
+
+/// The even and odd terms of `jidctred.c`'s 8-to-4 step over inputs
+/// `x[0..8]` (column 4 is not used); returns the four outputs before
+/// descaling.
+#[inline(always)]
+fn idct_1d_4(x: [i64; 8], dc_shift: u32) -> [i64; 4] {
+    let tmp0 = x[0] << dc_shift;
+    let tmp2 = x[2] * i64::from(FIX_1_847759065) + x[6] * -i64::from(FIX_0_765366865);
+    let (tmp10, tmp12) = (tmp0 + tmp2, tmp0 - tmp2);
+    let (z1, z2, z3, z4) = (x[7], x[5], x[3], x[1]);
+    let t0 =
+        z1 * -FIX_0_211164243 + z2 * FIX_1_451774981 + z3 * -FIX_2_172734803 + z4 * FIX_1_061594337;
+    let t2 = z1 * -FIX_0_509795579
+        + z2 * -FIX_0_601344887
+        + z3 * i64::from(FIX_0_899976223)
+        + z4 * i64::from(FIX_2_562915447);
+    [tmp10 + t2, tmp12 + t0, tmp12 - t0, tmp10 - t2]
+}
+
+/// `jpeg_idct_4x4`: a 4x4 block from an 8x8 one.
+fn idct_4x4(coef: &[i16; 64], q: &[u16; 64], out: &mut [u8], stride: usize) {
+    let cb = i64::from(CONST_BITS);
+    let pb = i64::from(PASS1_BITS);
+    let mut ws = [0i32; 32];
+    for c in (0..8).filter(|&c| c != 4) {
+        let x: [i64; 8] = std::array::from_fn(|r| dq(coef, q, r * 8 + c));
+        if [1, 2, 3, 5, 6, 7].iter().all(|&r| coef[r * 8 + c] == 0) {
+            let dc = (x[0] << PASS1_BITS) as i32;
+            for r in 0..4 {
+                ws[r * 8 + c] = dc;
+            }
+            continue;
+        }
+        let o = idct_1d_4(x, (CONST_BITS + 1) as u32);
+        for r in 0..4 {
+            ws[r * 8 + c] = descale64(o[r], cb - pb + 1) as i32;
+        }
+    }
+    for (w, row) in ws.chunks_exact(8).zip(out.chunks_mut(stride)) {
+        let row = &mut row[..4];
+        if [1, 2, 3, 5, 6, 7].iter().all(|&i| w[i] == 0) {
+            row.fill(limit64(descale64(i64::from(w[0]), pb + 3)));
+            continue;
+        }
+        let x: [i64; 8] = std::array::from_fn(|i| i64::from(w[i]));
+        let o = idct_1d_4(x, (CONST_BITS + 1) as u32);
+        for (px, v) in row.iter_mut().zip(o) {
+            *px = limit64(descale64(v, cb + pb + 3 + 1));
+        }
+    }
+}
+
+/// `jidctred.c`'s 8-to-2 step: the two outputs before descaling.
+#[inline(always)]
+fn idct_1d_2(x0: i64, x1: i64, x3: i64, x5: i64, x7: i64) -> [i64; 2] {
+    let tmp10 = x0 << (CONST_BITS + 2);
+    let tmp0 =
+        x7 * -FIX_0_720959822 + x5 * FIX_0_850430095 + x3 * -FIX_1_272758580 + x1 * FIX_3_624509785;
+    [tmp10 + tmp0, tmp10 - tmp0]
+}
+
+/// `jpeg_idct_2x2`: a 2x2 block from an 8x8 one.
+fn idct_2x2(coef: &[i16; 64], q: &[u16; 64], out: &mut [u8], stride: usize) {
+    let cb = i64::from(CONST_BITS);
+    let pb = i64::from(PASS1_BITS);
+    let mut ws = [0i32; 16];
+    for c in [0, 1, 3, 5, 7] {
+        if [1, 3, 5, 7].iter().all(|&r| coef[r * 8 + c] == 0) {
+            let dc = (dq(coef, q, c) << PASS1_BITS) as i32;
+            ws[c] = dc;
+            ws[8 + c] = dc;
+            continue;
+        }
+        let d = |r: usize| dq(coef, q, r * 8 + c);
+        let o = idct_1d_2(d(0), d(1), d(3), d(5), d(7));
+        ws[c] = descale64(o[0], cb - pb + 2) as i32;
+        ws[8 + c] = descale64(o[1], cb - pb + 2) as i32;
+    }
+    for (w, row) in ws.chunks_exact(8).zip(out.chunks_mut(stride)) {
+        let row = &mut row[..2];
+        if [1, 3, 5, 7].iter().all(|&i| w[i] == 0) {
+            row.fill(limit64(descale64(i64::from(w[0]), pb + 3)));
+            continue;
+        }
+        let x = |i: usize| i64::from(w[i]);
+        let o = idct_1d_2(x(0), x(1), x(3), x(5), x(7));
+        row[0] = limit64(descale64(o[0], cb + pb + 3 + 2));
+        row[1] = limit64(descale64(o[1], cb + pb + 3 + 2));
+    }
+}
+
 // --------------------------------------------------------------- decoder
 
 #[derive(Default, Clone)]
@@ -424,7 +605,10 @@ struct Component {
     /// Blocks allocated (whole MCUs).
     bw_alloc: usize,
     bh_alloc: usize,
-    /// Samples, `bw_alloc * 8` per row.
+    /// Samples per block side after the IDCT (libjpeg's `DCT_scaled_size`):
+    /// 8 unless decoding reduced.
+    size: usize,
+    /// Samples, `bw_alloc * size` per row.
     plane: Vec<u8>,
     /// Progressive only: coefficients, 64 per block, row-major blocks.
     coefs: Vec<i16>,
@@ -443,6 +627,9 @@ struct Decoder {
     height: usize,
     hmax: usize,
     vmax: usize,
+    /// Samples per block side of the most reduced component (libjpeg's
+    /// `min_DCT_scaled_size`): 8 over the reduction.
+    min_size: usize,
     mcus_x: usize,
     mcus_y: usize,
     progressive: bool,
@@ -629,13 +816,23 @@ impl Decoder {
         self.mcus_x = self.width.div_ceil(8 * self.hmax);
         self.mcus_y = self.height.div_ceil(8 * self.vmax);
         let (w, h, hmax, vmax) = (self.width, self.height, self.hmax, self.vmax);
+        let min = self.min_size;
         for c in &mut self.comps {
             c.bw = (w * c.h).div_ceil(hmax).div_ceil(8);
             c.bh = (h * c.v).div_ceil(vmax).div_ceil(8);
             c.bw_alloc = self.mcus_x * c.h;
             c.bh_alloc = self.mcus_y * c.v;
+            // jdmaster.c: scale chroma up in the IDCT rather than in the
+            // upsampler where the sampling factors allow.
+            c.size = min;
+            while c.size < 8
+                && (hmax * min).is_multiple_of(c.h * c.size * 2)
+                && (vmax * min).is_multiple_of(c.v * c.size * 2)
+            {
+                c.size *= 2;
+            }
             // Never-coded blocks decode to mid-grey, as in libjpeg.
-            c.plane = vec![128u8; c.bw_alloc * 8 * c.bh_alloc * 8];
+            c.plane = vec![128u8; c.bw_alloc * c.size * c.bh_alloc * c.size];
             if progressive {
                 c.coefs = vec![0i16; c.bw_alloc * c.bh_alloc * 64];
             }
@@ -757,6 +954,14 @@ impl Decoder {
             coef[0] = c.dc_pred as i16;
             let mut k = 1;
             while k < 64 {
+                let fast = bits.peek_fast_ac(ac);
+                if fast != 0 {
+                    k += ((fast >> 4) & 15) as usize;
+                    bits.consume((fast & 15) as u32);
+                    coef[NATURAL_ORDER[k]] = fast >> 8;
+                    k += 1;
+                    continue;
+                }
                 let rs = bits.decode(ac)?;
                 let (r, s) = (usize::from(rs >> 4), u32::from(rs & 15));
                 if s != 0 {
@@ -771,9 +976,10 @@ impl Decoder {
                 k += 1;
             }
             let q = c.qt.as_ref().ok_or("missing quantisation table")?;
-            let stride = c.bw_alloc * 8;
-            let at = row * 8 * stride + col * 8;
-            idct_islow(&coef, q, &mut c.plane[at..], stride);
+            let n = c.size;
+            let stride = c.bw_alloc * n;
+            let at = row * n * stride + col * n;
+            idct_sized(&coef, q, &mut c.plane[at..], stride, n);
             return Ok(());
         }
 
@@ -890,19 +1096,26 @@ impl Decoder {
         if self.progressive {
             for c in &mut self.comps {
                 let Some(q) = c.qt else { continue };
-                let stride = c.bw_alloc * 8;
+                let n = c.size;
+                let stride = c.bw_alloc * n;
                 for (b, coef) in c.coefs.chunks_exact(64).enumerate() {
                     let coef: &[i16; 64] = coef.try_into().map_err(|_| "internal")?;
                     let (row, col) = (b / c.bw_alloc, b % c.bw_alloc);
-                    idct_islow(coef, &q, &mut c.plane[row * 8 * stride + col * 8..], stride);
+                    let at = row * n * stride + col * n;
+                    idct_sized(coef, &q, &mut c.plane[at..], stride, n);
                 }
                 c.coefs = Vec::new();
             }
         }
-        let (w, h) = (self.width, self.height);
+        // jdmaster.c's output dimensions: ceil(size * min_size / 8).
+        let min = self.min_size;
+        let (w, h) = (
+            (self.width * min).div_ceil(8),
+            (self.height * min).div_ceil(8),
+        );
         if self.comps.len() == 1 {
             let c = &self.comps[0];
-            let stride = c.bw_alloc * 8;
+            let stride = c.bw_alloc * c.size;
             let mut out = Vec::with_capacity(w * h);
             for y in 0..h {
                 out.extend_from_slice(&c.plane[y * stride..y * stride + w]);
@@ -912,11 +1125,11 @@ impl Decoder {
                 .ok_or("internal");
         }
         let ycc = self.is_ycc();
-        let ups: Vec<Upsampler<'_>> = self
+        let ups = self
             .comps
             .iter()
-            .map(|c| Upsampler::new(c, w, h, self.hmax, self.vmax))
-            .collect();
+            .map(|c| Upsampler::new(c, (self.width, self.height), &self))
+            .collect::<Result<Vec<Upsampler<'_>>>>()?;
         let mut rows = vec![vec![0u8; 2 * w + 16]; 3];
         let mut out = vec![0u8; w * h * 3];
         let t = ColorTables::get();
@@ -1013,23 +1226,35 @@ struct Upsampler<'a> {
 }
 
 impl<'a> Upsampler<'a> {
-    fn new(c: &'a Component, w: usize, h: usize, hmax: usize, vmax: usize) -> Self {
-        let dw = (w * c.h).div_ceil(hmax);
-        let dh = (h * c.v).div_ceil(vmax);
-        let method = match (hmax / c.h, vmax / c.v) {
-            (1, 1) => Method::Full,
-            (2, 1) if dw > 2 => Method::H2V1Fancy,
-            (1, 2) => Method::H1V2Fancy,
-            (2, 2) if dw > 2 => Method::H2V2Fancy,
-            (hs, vs) => Method::Replicate(hs, vs),
+    /// `jinit_upsampler`'s choice for component `c` of a `(w, h)` frame
+    /// (full-size dimensions) decoded by `d`; declines the fractional
+    /// ratios libjpeg refuses too.
+    fn new(c: &'a Component, (w, h): (usize, usize), d: &Decoder) -> Result<Self> {
+        let (hmax, vmax, min) = (d.hmax, d.vmax, d.min_size);
+        // downsampled_width/height after IDCT scaling.
+        let dw = (w * c.h * c.size).div_ceil(hmax * 8);
+        let dh = (h * c.v * c.size).div_ceil(vmax * 8);
+        // Samples of an "input group" after IDCT scaling.
+        let (h_in, v_in) = (c.h * c.size / min, c.v * c.size / min);
+        // jdmainct.c has no context rows at 1/8 scale.
+        let fancy = min > 1;
+        let method = match (h_in, v_in) {
+            _ if h_in == hmax && v_in == vmax => Method::Full,
+            _ if h_in * 2 == hmax && v_in == vmax && fancy && dw > 2 => Method::H2V1Fancy,
+            _ if h_in == hmax && v_in * 2 == vmax && fancy => Method::H1V2Fancy,
+            _ if h_in * 2 == hmax && v_in * 2 == vmax && fancy && dw > 2 => Method::H2V2Fancy,
+            _ if hmax.is_multiple_of(h_in) && vmax.is_multiple_of(v_in) => {
+                Method::Replicate(hmax / h_in, vmax / v_in)
+            }
+            _ => return Err("fractional sampling ratio"),
         };
-        Self {
+        Ok(Self {
             plane: &c.plane,
-            stride: c.bw_alloc * 8,
+            stride: c.bw_alloc * c.size,
             dw,
             dh,
             method,
-        }
+        })
     }
 
     #[inline]
@@ -1182,6 +1407,46 @@ mod tests {
             n += 1;
         }
         assert_eq!(n, 11);
+    }
+
+    /// Every variant decoded at 1/2, 1/4 and 1/8 matches Pillow's `draft()`
+    /// decode (libjpeg-turbo's scaled IDCT) exactly, where the image is big
+    /// enough for Pillow to reduce it.
+    #[test]
+    fn reduced_decodes_match_libjpeg_turbo_exactly() {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/jpeg");
+        let mut n = 0;
+        for entry in std::fs::read_dir(&dir).unwrap() {
+            let path = entry.unwrap().path();
+            if path.extension().and_then(|e| e.to_str()) != Some("jpg") {
+                continue;
+            }
+            let data = std::fs::read(&path).unwrap();
+            for r in [2, 4, 8] {
+                let stem = path.file_stem().unwrap().to_str().unwrap();
+                let expected = path.with_file_name(format!("{stem}.pillow-r{r}.png"));
+                if !expected.exists() {
+                    continue;
+                }
+                let ours = decode_reduced(&data, r)
+                    .unwrap_or_else(|e| panic!("{stem} at 1/{r}: declined: {e}"))
+                    .into_rgb8();
+                let pillow = image::open(&expected).unwrap().into_rgb8();
+                assert_eq!(ours.dimensions(), pillow.dimensions(), "{stem} at 1/{r}");
+                let diff = ours
+                    .as_raw()
+                    .iter()
+                    .zip(pillow.as_raw())
+                    .map(|(a, b)| a.abs_diff(*b))
+                    .max()
+                    .unwrap_or(0);
+                assert_eq!(diff, 0, "{stem} at 1/{r}");
+                n += 1;
+            }
+        }
+        // 9 variants big enough for all three reductions, 1 (3x2) for 1/2.
+        assert_eq!(n, 28);
+        assert!(decode_reduced(&[0xFF, 0xD8], 3).is_err());
     }
 
     #[test]

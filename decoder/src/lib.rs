@@ -32,7 +32,7 @@ mod resize;
 mod rgb;
 mod sniff;
 
-pub use decode::{decode_bytes, decode_path, DecodedImage};
+pub use decode::{decode_bytes, decode_bytes_reduced, decode_path, DecodedImage};
 pub use error::DecodeError;
 pub use image::metadata::Orientation;
 pub use image::{ImageFormat, RgbImage};
