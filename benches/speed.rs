@@ -12,13 +12,16 @@
 //! - `indexing`: `glimpse index`'s pipeline (walk, read, decode, resize,
 //!   embed, thumbnails, commits) on the shared photos, files/s and
 //!   embedded images/s, next to the model alone at the indexer's batch size
-//!   measured just before;
+//!   measured just before; the same with `--exact-decode` (every JPEG at
+//!   full size); and, for the JPEGs the default run reduces while decoding,
+//!   how far their preprocessed pixels and embeddings are from the
+//!   full-size decode's (`reduced_decoding`);
 //! - `memory`: RAM per photo of the N-photo library once loaded for search;
 //! - `baseline`: one large f32 matmul's GFLOP/s in the same run, because
 //!   this shared machine is noisy and machines differ.
 //!
 //! `cargo bench --bench speed -- [--quick] [--n N] [--photos DIR]
-//! [--images-only | --query-only | --skip-indexing]`
+//! [--images-only | --query-only | --indexing-only | --skip-indexing]`
 //!
 //! `--gpu` (a `--features cuda` build) reports the GPU instead: the same
 //! random ViT-B/32 on the first CUDA GPU, images/s at batch 1 to 256 and one
@@ -129,11 +132,12 @@ impl Args {
                 .cloned()
         };
         let (images_only, query_only) = (flag("--images-only"), flag("--query-only"));
+        let indexing_only = flag("--indexing-only");
         Self {
             quick: flag("--quick"),
             gpu: flag("--gpu"),
-            images: !query_only,
-            query: !images_only,
+            images: !query_only && !indexing_only,
+            query: !images_only && !indexing_only,
             indexing: !images_only && !query_only && !flag("--skip-indexing"),
             library_size: value("--n").and_then(|v| v.parse().ok()).unwrap_or(100_000),
             photos: value("--photos")
@@ -312,8 +316,22 @@ fn indexing(clip: &Clip, photos: &Path, quick: bool) -> Value {
         .collect();
     let model_rate = median(&mut rates);
     let run = &support::index_photos(clip, photos, 1)[0];
+    let exact_options = glimpse_indexer::IndexOptions {
+        reduce_large_jpegs: false,
+        ..support::index_options(photos)
+    };
+    let exact = &support::index_photos_with(clip, &exact_options, 1)[0];
     let embedded_per_s = run.indexed as f64 / run.seconds;
     let mut report = support::index_report(run);
+    let exact_per_s = exact.indexed as f64 / exact.seconds;
+    let mut exact_report = support::index_report(exact);
+    exact_report.insert("embedded_images_per_s".into(), json!(exact_per_s));
+    exact_report.insert(
+        "embedded_over_model_alone".into(),
+        json!(exact_per_s / model_rate),
+    );
+    report.insert("exact_decode".into(), exact_report.into());
+    report.insert("reduced_decoding".into(), reduced_decoding(clip, photos));
     report.insert("photos".into(), json!(photos.display().to_string()));
     report.insert("embedded_images_per_s".into(), json!(embedded_per_s));
     report.insert("model_alone_images_per_s".into(), json!(model_rate));
@@ -323,6 +341,54 @@ fn indexing(clip: &Clip, photos: &Path, quick: bool) -> Value {
         json!(embedded_per_s / model_rate),
     );
     report.into()
+}
+
+/// For every JPEG under `photos` that `glimpse index` reduces while decoding
+/// (see `IndexOptions::reduce_large_jpegs`): the model-input pixels and the
+/// embedding (`clip`, at its image precision) of the reduced decode next to
+/// the full-size decode's — largest and mean absolute pixel difference
+/// (normalised units; one 8-bit level ≈ 0.015) and the smallest cosine.
+fn reduced_decoding(clip: &Clip, photos: &Path) -> Value {
+    let cfg = clip.preprocess();
+    let options = support::index_options(photos);
+    let min_side = (2 * cfg.image_size as u32).max(options.thumbnail_side);
+    let walker = glimpse_indexer::Walker::new(options.walk).unwrap();
+    let (mut max_diff, mut mean_diffs, mut cosines) = (0f32, Vec::new(), Vec::new());
+    let mut by_reduction: HashMap<u32, usize> = HashMap::new();
+    for entry in walker.flatten() {
+        let Ok(bytes) = std::fs::read(&entry.path) else {
+            continue;
+        };
+        let Ok(reduced) = glimpse_decoder::decode_bytes_reduced(&bytes, cfg, min_side) else {
+            continue;
+        };
+        if reduced.reduction == 1 {
+            continue;
+        }
+        *by_reduction.entry(reduced.reduction).or_default() += 1;
+        let full = glimpse_decoder::decode_bytes(&bytes, cfg).unwrap();
+        let (a, b) = (
+            glimpse_decoder::to_pixels(&full.rgb, cfg),
+            glimpse_decoder::to_pixels(&reduced.rgb, cfg),
+        );
+        let diffs: Vec<f32> = a.iter().zip(&b).map(|(x, y)| (x - y).abs()).collect();
+        max_diff = max_diff.max(diffs.iter().copied().fold(0f32, f32::max));
+        mean_diffs.push(diffs.iter().sum::<f32>() / diffs.len() as f32);
+        let e = clip.embed_pixels(&[a, b], false).unwrap();
+        cosines.push(e[0].iter().zip(&e[1]).map(|(x, y)| x * y).sum::<f32>());
+    }
+    let n = mean_diffs.len();
+    json!({
+        "photos_reduced": n,
+        "by_reduction": by_reduction,
+        "min_side": min_side,
+        "max_abs_pixel_diff": max_diff,
+        "mean_abs_pixel_diff": mean_diffs.iter().sum::<f32>() / n.max(1) as f32,
+        "worst_mean_abs_pixel_diff": mean_diffs.iter().copied().fold(0f32, f32::max),
+        "min_cosine_to_full_decode": cosines.iter().copied().fold(1f32, f32::min),
+        "median_cosine_to_full_decode": (n > 0)
+            .then(|| median(&mut cosines.iter().map(|&c| f64::from(c)).collect::<Vec<_>>())),
+    })
 }
 
 /// Smallest cosine between matching rows of two sets of embeddings.

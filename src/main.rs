@@ -130,10 +130,15 @@ enum Command {
         /// After indexing, keep watching the folders and index changes as they happen.
         #[arg(long)]
         watch: bool,
-        /// Weights images are embedded with: fp32, int8, bf16, or auto (= fp32: the fastest for
-        /// image batches on AVX2 CPUs; int8/bf16 are checked against fp32 and reported).
+        /// Weights images are embedded with: fp32, int8, bf16, or auto (bf16 where the CPU has
+        /// AVX512_BF16 dot products, else fp32; int8/bf16 are checked against fp32 and reported).
         #[arg(long, env = "GLIMPSE_PRECISION", default_value = "auto")]
         precision: Precision,
+        /// Decode every JPEG at full size, bit for bit as the reference (Pillow) does. By default
+        /// large JPEGs are reduced by 1/2-1/8 while decoding (several times faster; the model's
+        /// input then differs from the reference's by well under one 8-bit level on average).
+        #[arg(long)]
+        exact_decode: bool,
         /// Print a one-line JSON summary on stdout.
         #[arg(long)]
         json: bool,
@@ -316,9 +321,11 @@ fn run(cli: Cli, sub: &ArgMatches) -> anyhow::Result<()> {
             json,
             commit_every,
             precision,
+            exact_decode,
         } => cmd::library::index(cmd::library::IndexArgs {
             commit_every,
             precision,
+            exact_decode,
             roots,
             library: library.library,
             model: model.spec(),

@@ -25,11 +25,16 @@ pub fn index_options(photos: &Path) -> IndexOptions {
 /// second run finds nothing changed), with `glimpse index`'s pipeline and
 /// default options; the summary of each run.
 pub fn index_photos(clip: &Clip, photos: &Path, runs: usize) -> Vec<IndexSummary> {
+    index_photos_with(clip, &index_options(photos), runs)
+}
+
+/// [`index_photos`] with `options` (whose roots say what is indexed).
+pub fn index_photos_with(clip: &Clip, options: &IndexOptions, runs: usize) -> Vec<IndexSummary> {
     let dir = tempfile::tempdir().expect("temp dir");
     let library = Mutex::new(
         Library::open_or_create(dir.path(), &model_identity(clip), false).expect("library"),
     );
-    let options = index_options(photos);
+    let options = options.clone();
     let cancel = AtomicBool::new(false);
     (0..runs)
         .map(|_| index_library(&library, clip, &options, &|_| {}, &cancel).expect("index"))

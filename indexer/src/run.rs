@@ -15,13 +15,13 @@
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::Path;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use crossbeam_channel::{bounded, Receiver, RecvTimeoutError, Sender};
 use glimpse_clip::Clip;
-use glimpse_decoder::{decode_bytes, to_pixels, DecodeError};
+use glimpse_decoder::{decode_bytes, decode_bytes_reduced, to_pixels, DecodeError};
 use glimpse_store::{
     failure_record, Change, FailureKind, FailureRecord, Library, ModelIdentity, PhotoMetadata,
     PhotoRecord, TakenAtSource,
@@ -36,6 +36,9 @@ use crate::walk::{FileKind, WalkEntry, WalkOptions, Walker};
 /// At most this many files are between the planner and the writer.
 pub const WINDOW: u64 = 128;
 
+/// The longest a partial batch waits for images still being decoded.
+const PARTIAL_BATCH_WAIT: Duration = Duration::from_secs(2);
+
 /// How an indexing run behaves.
 #[derive(Clone, Debug)]
 pub struct IndexOptions {
@@ -47,6 +50,14 @@ pub struct IndexOptions {
     pub workers: usize,
     /// Longest side of thumbnails, in pixels.
     pub thumbnail_side: u32,
+    /// Reduce large JPEGs by 1/2, 1/4 or 1/8 while decoding them (in the
+    /// DCT, see `glimpse_decoder::decode_bytes_reduced`), keeping the
+    /// shortest side at least twice the model's input size and at least the
+    /// thumbnail side. Several times cheaper for camera photos; the model's
+    /// input pixels then differ slightly from the reference's full-size
+    /// decode. `false` decodes every JPEG at full size, bit for bit as the
+    /// reference does.
+    pub reduce_large_jpegs: bool,
     /// Commit after this many files (and at least every two seconds).
     pub commit_every: usize,
 }
@@ -58,6 +69,7 @@ impl Default for IndexOptions {
             batch_size: 16,
             workers: std::thread::available_parallelism().map_or(2, |n| n.get()),
             thumbnail_side: DEFAULT_THUMBNAIL_SIDE,
+            reduce_large_jpegs: true,
             commit_every: 64,
         }
     }
@@ -565,6 +577,8 @@ fn run_jobs(
     }
     let handled = AtomicU64::new(0);
     let failed = AtomicBool::new(false);
+    // Files the readers/decoders are working on right now.
+    let decoding = AtomicUsize::new(0);
     let workers = options.workers.max(1);
     let (job_tx, job_rx) = bounded::<Job>(workers * 2);
     let (decoded_tx, decoded_rx) = bounded::<Done>(options.batch_size.max(1) * 2);
@@ -589,13 +603,17 @@ fn run_jobs(
             }
         });
         // Readers/decoders.
+        let decoding = &decoding;
         for _ in 0..workers {
             let job_rx = job_rx.clone();
             let decoded_tx = decoded_tx.clone();
             scope.spawn(move || {
                 for job in job_rx {
+                    decoding.fetch_add(1, Ordering::AcqRel);
                     let outcome = read_and_decode(&job, clip, options, known_hashes);
-                    if decoded_tx.send(Done { job, outcome }).is_err() {
+                    let sent = decoded_tx.send(Done { job, outcome });
+                    decoding.fetch_sub(1, Ordering::AcqRel);
+                    if sent.is_err() {
                         return;
                     }
                 }
@@ -605,7 +623,8 @@ fn run_jobs(
         drop(decoded_tx);
         // Embedder.
         let batch_size = options.batch_size.max(1);
-        let embedder = scope.spawn(move || embed_stage(clip, batch_size, decoded_rx, done_tx));
+        let embedder =
+            scope.spawn(move || embed_stage(clip, batch_size, decoded_rx, done_tx, decoding));
 
         // Writer (this thread): in walk order.
         let mut reorder: BTreeMap<u64, Done> = BTreeMap::new();
@@ -649,11 +668,16 @@ fn run_jobs(
 }
 
 /// Batches decoded images through the model; everything else passes on.
+///
+/// A partial batch waits while readers are still decoding (per image, a
+/// batch of 2 costs the model about twice what a batch of 16 does) and goes
+/// to the model once they are idle, or after `PARTIAL_BATCH_WAIT`.
 fn embed_stage(
     clip: &Clip,
     batch_size: usize,
     decoded_rx: Receiver<Done>,
     done_tx: Sender<Done>,
+    decoding: &AtomicUsize,
 ) -> Result<(), IndexError> {
     let mut batch: Vec<Done> = Vec::with_capacity(batch_size);
     let flush = |batch: &mut Vec<Done>| -> Result<bool, IndexError> {
@@ -685,6 +709,7 @@ fn embed_stage(
         }
         Ok(true)
     };
+    let mut oldest = Instant::now();
     loop {
         let next = if batch.is_empty() {
             decoded_rx
@@ -696,6 +721,9 @@ fn embed_stage(
         match next {
             Ok(done) => {
                 if matches!(done.outcome, Outcome::Decoded { .. }) {
+                    if batch.is_empty() {
+                        oldest = Instant::now();
+                    }
                     batch.push(done);
                     if batch.len() >= batch_size && !flush(&mut batch)? {
                         return Ok(());
@@ -705,7 +733,8 @@ fn embed_stage(
                 }
             }
             Err(RecvTimeoutError::Timeout) => {
-                if !flush(&mut batch)? {
+                let more_coming = decoding.load(Ordering::Acquire) > 0;
+                if (!more_coming || oldest.elapsed() >= PARTIAL_BATCH_WAIT) && !flush(&mut batch)? {
                     return Ok(());
                 }
             }
@@ -756,7 +785,13 @@ fn read_and_decode(
         );
     }
     let cfg = clip.preprocess();
-    let decoded = match decode_bytes(&content, cfg) {
+    let decoded = if options.reduce_large_jpegs {
+        let model_side = u32::try_from(cfg.image_size.saturating_mul(2)).unwrap_or(u32::MAX);
+        decode_bytes_reduced(&content, cfg, model_side.max(options.thumbnail_side))
+    } else {
+        decode_bytes(&content, cfg)
+    };
+    let decoded = match decoded {
         Ok(decoded) => decoded,
         Err(e) => return Outcome::Failed(failure_kind(&e), format!("{}: {e}", path.display())),
     };

@@ -194,6 +194,8 @@ pub struct IndexArgs {
     pub commit_every: usize,
     /// `--precision` of image embedding.
     pub precision: Precision,
+    /// `--exact-decode`: no reduced JPEG decoding.
+    pub exact_decode: bool,
 }
 
 /// `glimpse index`.
@@ -221,6 +223,7 @@ pub fn index(args: IndexArgs) -> anyhow::Result<()> {
         },
         batch_size: args.batch_size.max(1),
         commit_every: args.commit_every.max(1),
+        reduce_large_jpegs: !args.exact_decode,
         ..IndexOptions::default()
     };
     let library = Mutex::new(library);

@@ -554,3 +554,57 @@ fn watch_picks_up_new_and_deleted_files() {
     assert_eq!(after.len(), 1);
     assert!(after.values().next().unwrap().0.ends_with("/b.jpg"));
 }
+
+/// A large JPEG is reduced while decoding by default (its embedding stays
+/// near the full-size one) and decoded at full size, exactly as `glimpse
+/// embed` (the reference's pixels) does, with `--exact-decode`.
+#[test]
+fn large_jpegs_are_reduced_while_decoding_unless_exact_decode() {
+    let dir = tempfile::tempdir().unwrap();
+    let photos = dir.path().join("photos");
+    fs::create_dir_all(&photos).unwrap();
+    let large =
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("decoder/tests/data/large/mate-FreshFlower.jpg");
+    fs::copy(&large, photos.join("flower.jpg")).unwrap();
+    let (reduced_lib, exact_lib) = (dir.path().join("reduced"), dir.path().join("exact"));
+    // fp32, as `glimpse embed` runs, so that only the decoding differs.
+    let fp32 = ["--precision", "fp32"];
+    assert_eq!(counts(&index(&reduced_lib, &[&photos], &fp32))[0], 1);
+    let exact_args = ["--precision", "fp32", "--exact-decode"];
+    assert_eq!(counts(&index(&exact_lib, &[&photos], &exact_args))[0], 1);
+    let embedding = |lib: &Path| snapshot(lib).into_values().next().unwrap().1;
+    let (reduced, exact) = (embedding(&reduced_lib), embedding(&exact_lib));
+
+    let mut cmd = glimpse();
+    cmd.args(["embed", "--model"])
+        .arg(tiny_model())
+        .arg("--image")
+        .arg(photos.join("flower.jpg"));
+    let line: Value = serde_json::from_str(ok_stdout(&run(&mut cmd)).trim()).unwrap();
+    let reference: Vec<f32> = line["embedding"]
+        .as_array()
+        .expect("an embedding")
+        .iter()
+        .map(|v| v.as_f64().unwrap() as f32)
+        .collect();
+    let cosine = |a: &[f32], b: &[f32]| a.iter().zip(b).map(|(x, y)| x * y).sum::<f32>();
+    let max_diff = |a: &[f32], b: &[f32]| {
+        a.iter()
+            .zip(b)
+            .map(|(x, y)| (x - y).abs())
+            .fold(0f32, f32::max)
+    };
+    assert!(
+        max_diff(&exact, &reference) < 1e-5,
+        "--exact-decode is the reference's decode"
+    );
+    assert!(
+        max_diff(&reduced, &exact) > 0.0,
+        "the default reduced nothing"
+    );
+    let c = cosine(&reduced, &exact);
+    assert!(
+        c >= 0.999,
+        "reduced decoding moved the embedding: cosine {c}"
+    );
+}
