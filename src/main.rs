@@ -124,7 +124,7 @@ enum Command {
         /// Images per model call.
         #[arg(long, default_value_t = 16)]
         batch_size: usize,
-        /// Re-embed every photo with --model (ids, metadata and thumbnails are kept).
+        /// Re-embed every photo, with --model or the library's own model (ids, metadata and thumbnails are kept).
         #[arg(long)]
         reembed: bool,
         /// After indexing, keep watching the folders and index changes as they happen.

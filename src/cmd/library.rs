@@ -206,7 +206,9 @@ pub fn index(args: IndexArgs) -> anyhow::Result<()> {
     let mut clip = load_clip(&spec)?;
     let identity = model_identity(&clip);
     let mut library = Library::open_or_create(&dir, &identity, args.reembed)?;
-    if args.reembed && library.header().model != identity {
+    // Every photo, also with the library's own model (after changing
+    // --exact-decode or --precision).
+    if args.reembed {
         library.reset_model(&identity)?;
     }
     // After the library accepted the model: the precision changes no

@@ -607,4 +607,13 @@ fn large_jpegs_are_reduced_while_decoding_unless_exact_decode() {
         c >= 0.999,
         "reduced decoding moved the embedding: cosine {c}"
     );
+
+    // `--reembed` with the library's own model redoes it the exact way.
+    let reembed = ["--precision", "fp32", "--exact-decode", "--reembed"];
+    assert_eq!(counts(&index(&reduced_lib, &[&photos], &reembed))[2], 1);
+    let redone = embedding(&reduced_lib);
+    assert!(
+        max_diff(&redone, &exact) < 1e-6,
+        "re-embedded with --exact-decode"
+    );
 }
