@@ -351,7 +351,7 @@ fn indexing(clip: &Clip, photos: &Path, quick: bool) -> Value {
 fn reduced_decoding(clip: &Clip, photos: &Path) -> Value {
     let cfg = clip.preprocess();
     let options = support::index_options(photos);
-    let min_side = (2 * cfg.image_size as u32).max(options.thumbnail_side);
+    let min_side = options.jpeg_min_side(cfg).expect("reduced by default");
     let walker = glimpse_indexer::Walker::new(options.walk).unwrap();
     let (mut max_diff, mut mean_diffs, mut cosines) = (0f32, Vec::new(), Vec::new());
     let mut by_reduction: HashMap<u32, usize> = HashMap::new();

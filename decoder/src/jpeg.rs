@@ -1378,35 +1378,45 @@ mod tests {
         assert_eq!(t.cb_g[128], 32768);
     }
 
+    /// The JPEG fixtures of tests/data/jpeg.
+    fn fixture_jpegs() -> Vec<std::path::PathBuf> {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/jpeg");
+        let mut paths: Vec<_> = std::fs::read_dir(&dir)
+            .unwrap()
+            .map(|entry| entry.unwrap().path())
+            .filter(|path| path.extension().and_then(|e| e.to_str()) == Some("jpg"))
+            .collect();
+        paths.sort();
+        paths
+    }
+
+    /// Asserts that `ours` equals Pillow's decode saved at `pillow_png`.
+    fn assert_equals_pillow(ours: DynamicImage, pillow_png: &std::path::Path, what: &str) {
+        let ours = ours.into_rgb8();
+        let pillow = image::open(pillow_png).unwrap().into_rgb8();
+        assert_eq!(ours.dimensions(), pillow.dimensions(), "{what}");
+        let diff = ours
+            .as_raw()
+            .iter()
+            .zip(pillow.as_raw())
+            .map(|(a, b)| a.abs_diff(*b))
+            .max()
+            .unwrap_or(0);
+        assert_eq!(diff, 0, "{what}");
+    }
+
     /// Every variant in tests/data/jpeg decodes exactly as Pillow
     /// (libjpeg-turbo) decodes it.
     #[test]
     fn matches_libjpeg_turbo_exactly() {
-        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/jpeg");
-        let mut n = 0;
-        for entry in std::fs::read_dir(&dir).unwrap() {
-            let path = entry.unwrap().path();
-            if path.extension().and_then(|e| e.to_str()) != Some("jpg") {
-                continue;
-            }
-            let ours = decode(&std::fs::read(&path).unwrap())
-                .unwrap_or_else(|e| panic!("{}: declined: {e}", path.display()))
-                .into_rgb8();
-            let pillow = image::open(path.with_extension("pillow.png"))
-                .unwrap()
-                .into_rgb8();
-            assert_eq!(ours.dimensions(), pillow.dimensions(), "{}", path.display());
-            let diff = ours
-                .as_raw()
-                .iter()
-                .zip(pillow.as_raw())
-                .map(|(a, b)| a.abs_diff(*b))
-                .max()
-                .unwrap_or(0);
-            assert_eq!(diff, 0, "{}", path.display());
-            n += 1;
+        let paths = fixture_jpegs();
+        for path in &paths {
+            let ours = decode(&std::fs::read(path).unwrap())
+                .unwrap_or_else(|e| panic!("{}: declined: {e}", path.display()));
+            let what = path.display().to_string();
+            assert_equals_pillow(ours, &path.with_extension("pillow.png"), &what);
         }
-        assert_eq!(n, 11);
+        assert_eq!(paths.len(), 11);
     }
 
     /// Every variant decoded at 1/2, 1/4 and 1/8 matches Pillow's `draft()`
@@ -1414,33 +1424,18 @@ mod tests {
     /// enough for Pillow to reduce it.
     #[test]
     fn reduced_decodes_match_libjpeg_turbo_exactly() {
-        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/jpeg");
         let mut n = 0;
-        for entry in std::fs::read_dir(&dir).unwrap() {
-            let path = entry.unwrap().path();
-            if path.extension().and_then(|e| e.to_str()) != Some("jpg") {
-                continue;
-            }
+        for path in fixture_jpegs() {
             let data = std::fs::read(&path).unwrap();
+            let stem = path.file_stem().unwrap().to_str().unwrap();
             for r in [2, 4, 8] {
-                let stem = path.file_stem().unwrap().to_str().unwrap();
                 let expected = path.with_file_name(format!("{stem}.pillow-r{r}.png"));
                 if !expected.exists() {
                     continue;
                 }
                 let ours = decode_reduced(&data, r)
-                    .unwrap_or_else(|e| panic!("{stem} at 1/{r}: declined: {e}"))
-                    .into_rgb8();
-                let pillow = image::open(&expected).unwrap().into_rgb8();
-                assert_eq!(ours.dimensions(), pillow.dimensions(), "{stem} at 1/{r}");
-                let diff = ours
-                    .as_raw()
-                    .iter()
-                    .zip(pillow.as_raw())
-                    .map(|(a, b)| a.abs_diff(*b))
-                    .max()
-                    .unwrap_or(0);
-                assert_eq!(diff, 0, "{stem} at 1/{r}");
+                    .unwrap_or_else(|e| panic!("{stem} at 1/{r}: declined: {e}"));
+                assert_equals_pillow(ours, &expected, &format!("{stem} at 1/{r}"));
                 n += 1;
             }
         }

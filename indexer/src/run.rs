@@ -21,6 +21,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use crossbeam_channel::{bounded, Receiver, RecvTimeoutError, Sender};
 use glimpse_clip::Clip;
+use glimpse_config::PreprocessConfig;
 use glimpse_decoder::{decode_bytes, decode_bytes_reduced, to_pixels, DecodeError};
 use glimpse_store::{
     failure_record, Change, FailureKind, FailureRecord, Library, ModelIdentity, PhotoMetadata,
@@ -60,6 +61,18 @@ pub struct IndexOptions {
     pub reduce_large_jpegs: bool,
     /// Commit after this many files (and at least every two seconds).
     pub commit_every: usize,
+}
+
+impl IndexOptions {
+    /// The shortest side a JPEG may be reduced to while decoding for a
+    /// model preprocessing with `preprocess` (see
+    /// [`IndexOptions::reduce_large_jpegs`]), or `None` when JPEGs are
+    /// decoded at full size.
+    pub fn jpeg_min_side(&self, preprocess: &PreprocessConfig) -> Option<u32> {
+        let model_side = u32::try_from(preprocess.image_size.saturating_mul(2)).unwrap_or(u32::MAX);
+        self.reduce_large_jpegs
+            .then(|| model_side.max(self.thumbnail_side))
+    }
 }
 
 impl Default for IndexOptions {
@@ -785,11 +798,9 @@ fn read_and_decode(
         );
     }
     let cfg = clip.preprocess();
-    let decoded = if options.reduce_large_jpegs {
-        let model_side = u32::try_from(cfg.image_size.saturating_mul(2)).unwrap_or(u32::MAX);
-        decode_bytes_reduced(&content, cfg, model_side.max(options.thumbnail_side))
-    } else {
-        decode_bytes(&content, cfg)
+    let decoded = match options.jpeg_min_side(cfg) {
+        Some(min_side) => decode_bytes_reduced(&content, cfg, min_side),
+        None => decode_bytes(&content, cfg),
     };
     let decoded = match decoded {
         Ok(decoded) => decoded,
