@@ -577,8 +577,9 @@ fn main() {
     }
     if args.indexing {
         clip.set_query_precision(Precision::Fp32).unwrap();
-        // As `glimpse index` runs: image precision `auto` (bf16 where the
-        // CPU has bf16 dot products, else fp32).
+        // As `glimpse index` runs: image precision `auto` (int8 where the
+        // CPU has int8 dot products, else bf16 where it has bf16 ones, else
+        // fp32).
         clip.set_image_precision(Precision::Auto).unwrap();
         if args.photos.is_dir() {
             let mut run = indexing(&clip, &args.photos, args.quick);

@@ -130,8 +130,9 @@ enum Command {
         /// After indexing, keep watching the folders and index changes as they happen.
         #[arg(long)]
         watch: bool,
-        /// Weights images are embedded with: fp32, int8, bf16, or auto (bf16 where the CPU has
-        /// AVX512_BF16 dot products, else fp32; int8/bf16 are checked against fp32 and reported).
+        /// Weights images are embedded with: fp32, int8, bf16, or auto (int8 where the CPU has
+        /// AVX512_VNNI dot products, else bf16 where it has AVX512_BF16 ones, each only if probe
+        /// images keep cosine ≥ 0.999 to fp32; else fp32). The choice is checked and reported.
         #[arg(long, env = "GLIMPSE_PRECISION", default_value = "auto")]
         precision: Precision,
         /// Decode every JPEG at full size, bit for bit as the reference (Pillow) does. By default
@@ -208,7 +209,7 @@ enum Command {
         #[command(flatten)]
         model: OptionalModelArgs,
         /// Weights the model runs on: fp32, bf16, int8, or auto (text queries: int8 if every probe
-        /// sentence keeps cosine ≥ 0.999 to fp32, else bf16, else fp32; images: fp32).
+        /// sentence keeps cosine ≥ 0.999 to fp32, else bf16, else fp32; images: as `index`).
         #[arg(long, env = "GLIMPSE_PRECISION", default_value = "auto")]
         precision: Precision,
         /// Address to listen on (HOST:PORT). Anything but loopback needs --token.

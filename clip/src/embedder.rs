@@ -281,43 +281,59 @@ impl Clip {
     /// Makes image embedding read reduced-precision copies of the vision
     /// tower's weights, checked against fp32 on synthetic probe images
     /// (gradients, a checkerboard, rings, stripes). Image batches are bound
-    /// by arithmetic: where the CPU has bf16 dot products (AVX512_BF16:
-    /// AMD Zen 4 and later, Intel Sapphire Rapids and later) bf16 does
-    /// twice the multiply-adds per instruction, so `Auto` takes bf16 if
-    /// every probe stays within [`AUTO_MIN_COSINE`] of fp32. With AVX2 only,
-    /// the f32 GEMM outruns the kernel that widens bf16/int8 weights
-    /// (measured interleaved on ViT-B/32 at batch 32: fp32 9.5, bf16 7.7,
-    /// int8 7.2 images/s), so `Auto` keeps fp32 there; bf16 and int8 are
-    /// there to be measured or chosen for memory. On a GPU the reduced
-    /// precision is bf16 (tensor cores, several times fp32's speed there),
-    /// taken by `Auto` under the same check. The check is reported by
+    /// by arithmetic, so `Auto` takes the precision with the most
+    /// multiply-adds per instruction that keeps every probe within
+    /// [`AUTO_MIN_COSINE`] of fp32: int8 where the CPU has int8 dot
+    /// products (AVX512_VNNI: AMD Zen 4 and later, Intel Ice Lake and
+    /// later; four times an f32 FMA's, inputs quantised per row), else bf16
+    /// where it has bf16 dot products (AVX512_BF16: twice), else fp32. With
+    /// AVX2 only, the f32 GEMM outruns the kernel that widens bf16/int8
+    /// weights (measured interleaved on ViT-B/32 at batch 32: fp32 9.5,
+    /// bf16 7.7, int8 7.2 images/s), so `Auto` keeps fp32 there; bf16 and
+    /// int8 are there to be measured or chosen for memory. On a GPU the
+    /// reduced precision is bf16 (tensor cores, several times fp32's speed
+    /// there), taken by `Auto` under the same check. An explicit choice is
+    /// kept whatever the cosine. The check is reported by
     /// [`Clip::image_precision_check`].
     pub fn set_image_precision(&mut self, precision: Precision) -> Result<(), ClipError> {
         self.model.set_image_precision(Precision::Fp32)?;
         self.image_check = None;
-        let candidate = match precision {
+        let candidates: &[Precision] = match precision {
             Precision::Fp32 => return Ok(()),
             // A GPU multiplies in bf16 on its tensor cores, several times
             // faster than fp32 there, so `Auto` takes it if it passes.
-            _ if !self.device.is_cpu() => Precision::Bf16,
-            Precision::Auto if crate::bf16_dot::available() => Precision::Bf16,
+            _ if !self.device.is_cpu() => &[Precision::Bf16],
+            Precision::Auto if crate::int8_dot::available() => &[Precision::Int8, Precision::Bf16],
+            Precision::Auto if crate::bf16_dot::available() => &[Precision::Bf16],
             Precision::Auto => return Ok(()),
-            p => p,
+            Precision::Int8 => &[Precision::Int8],
+            _ => &[Precision::Bf16],
         };
         let probes = self.probe_images();
         let reference = self.embed_pixels(&probes, false)?;
-        let bytes = self.model.set_image_precision(candidate)?;
-        let got = self.embed_pixels(&probes, false)?;
-        let min_cosine = min_cosine(&reference, &got);
-        if precision == Precision::Auto && min_cosine < AUTO_MIN_COSINE {
-            self.model.set_image_precision(Precision::Fp32)?;
-            return Ok(());
+        for &candidate in candidates {
+            // bf16 copies on a CPU without bf16 dot products cannot be
+            // faster than fp32: `Auto` skips them.
+            if precision == Precision::Auto
+                && candidate == Precision::Bf16
+                && self.device.is_cpu()
+                && !crate::bf16_dot::available()
+            {
+                continue;
+            }
+            let bytes = self.model.set_image_precision(candidate)?;
+            let got = self.embed_pixels(&probes, false)?;
+            let min_cosine = min_cosine(&reference, &got);
+            if precision != Precision::Auto || min_cosine >= AUTO_MIN_COSINE {
+                self.image_check = Some(PrecisionCheck {
+                    precision: candidate,
+                    min_cosine,
+                    bytes,
+                });
+                return Ok(());
+            }
         }
-        self.image_check = Some(PrecisionCheck {
-            precision: candidate,
-            min_cosine,
-            bytes,
-        });
+        self.model.set_image_precision(Precision::Fp32)?;
         Ok(())
     }
 

@@ -15,6 +15,7 @@ use std::sync::Arc;
 
 use crate::kernels::{fused_activation, small_matmul_t, SMALL_M};
 use crate::precision::{Precision, QueryWeights};
+use rayon::prelude::*;
 
 /// Initialisation used when a layer's weights are created rather than loaded
 /// (training from scratch): N(0, std²), as in open_clip.
@@ -517,6 +518,23 @@ pub struct EncoderLayer {
     mlp: Mlp,
     layer_norm2: LayerNorm,
     fused: Option<Arc<FusedBlock>>,
+    fused_rows: FusedRows,
+}
+
+/// Which inference inputs a block with reduced-precision copies runs as
+/// one fused pass over plain rows (see [`EncoderLayer::set_query_precision`]).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum FusedRows {
+    /// Inputs of at most [`FUSED_MAX_ROWS`] rows (a query), and only with
+    /// copies that keep their inputs f32: the image tower, whose batches
+    /// take the multi-threaded tensor path.
+    #[default]
+    Few,
+    /// Every input, whatever the copies: the text tower. Copies that round
+    /// their inputs (bf16 or int8 dot products) then see the same upstream
+    /// arithmetic for a text alone and in a batch, so that its embedding
+    /// does not depend on the batch.
+    Any,
 }
 
 /// Inputs of at most this many rows (a query) take the fused block; larger
@@ -548,12 +566,12 @@ impl FusedBlock {
     /// a difference of ~1e-7 that rounding an input to bf16 can turn into
     /// ~1e-3, so a text or image would embed differently alone and in a
     /// batch.
-    fn new(layer: &EncoderLayer) -> Result<Option<Self>> {
+    fn new(layer: &EncoderLayer, rows: FusedRows) -> Result<Option<Self>> {
         let a = &layer.self_attn;
         let (Qkv::Fused(qkv), m) = (&a.qkv, &layer.mlp) else {
             return Ok(None);
         };
-        if qkv.query.as_ref().is_some_and(|q| q.rounds_inputs()) {
+        if rows == FusedRows::Few && qkv.query.as_ref().is_some_and(|q| q.rounds_inputs()) {
             return Ok(None);
         }
         let (Some(qkv), Some(out_proj), Some(fc1), Some(fc2)) = (
@@ -594,45 +612,22 @@ impl FusedBlock {
         let (g, bias, eps) = &self.ln1;
         layer_norm_rows(&x_rows, g, bias, *eps, &mut h);
         let qkv = self.qkv.product(&h, m);
-        // Attention per (sequence, head); qkv rows are [q | k | v], each
-        // [heads, head_dim].
-        let (heads, hd) = (self.heads, self.head_dim);
-        let scale = (hd as f32).powf(-0.5);
-        let mut scores = vec![0f32; n];
-        for s in 0..b {
-            for head in 0..heads {
-                for i in 0..n {
-                    let qi = &qkv[(s * n + i) * 3 * d + head * hd..][..hd];
-                    for (j, score) in scores.iter_mut().enumerate() {
-                        let kj = &qkv[(s * n + j) * 3 * d + d + head * hd..][..hd];
-                        let mut dot = 0f32;
-                        for (a, c) in qi.iter().zip(kj) {
-                            dot += a * c;
-                        }
-                        *score = dot * scale
-                            + match &mask {
-                                None => 0.0,
-                                Some((mk, false)) => mk[i * n + j],
-                                Some((mk, true)) => mk[(s * n + i) * n + j],
-                            };
-                    }
-                    let max = scores.iter().fold(f32::NEG_INFINITY, |a, &v| a.max(v));
-                    let mut sum = 0f32;
-                    for v in scores.iter_mut() {
-                        *v = (*v - max).exp();
-                        sum += *v;
-                    }
-                    let out = &mut h[(s * n + i) * d + head * hd..][..hd];
-                    out.fill(0.0);
-                    for (j, p) in scores.iter().enumerate() {
-                        let vj = &qkv[(s * n + j) * 3 * d + 2 * d + head * hd..][..hd];
-                        let p = p / sum;
-                        for (o, v) in out.iter_mut().zip(vj) {
-                            *o += p * v;
-                        }
-                    }
+        // Attention per sequence (in parallel for a batch: each writes only
+        // its own rows, with the same arithmetic whatever the batch).
+        let attend = |(s, out): (usize, &mut [f32])| {
+            let mask = mask.as_ref().map(|(mk, per_batch)| {
+                if *per_batch {
+                    &mk[s * n * n..][..n * n]
+                } else {
+                    &mk[..n * n]
                 }
-            }
+            });
+            self.attend(&qkv[s * n * 3 * d..][..n * 3 * d], n, mask, out);
+        };
+        if b > 1 {
+            h.par_chunks_mut(n * d).enumerate().for_each(attend);
+        } else {
+            h.chunks_mut(n * d).enumerate().for_each(attend);
         }
         let attn = self.out_proj.product(&h, m);
         x_rows.iter_mut().zip(&attn).for_each(|(x, a)| *x += a);
@@ -645,6 +640,44 @@ impl FusedBlock {
         x_rows.iter_mut().zip(&mlp).for_each(|(x, v)| *x += v);
         Tensor::from_vec(x_rows, (b, n, d), x.device())
     }
+
+    /// Self-attention of one sequence: `qkv` its `n` rows `[q | k | v]`
+    /// (each `[heads, head_dim]`), `mask` `[n, n]` added to the scores;
+    /// writes the `n` rows of head outputs to `out`.
+    fn attend(&self, qkv: &[f32], n: usize, mask: Option<&[f32]>, out: &mut [f32]) {
+        let (heads, hd) = (self.heads, self.head_dim);
+        let d = heads * hd;
+        let scale = (hd as f32).powf(-0.5);
+        let mut scores = vec![0f32; n];
+        for head in 0..heads {
+            for i in 0..n {
+                let qi = &qkv[i * 3 * d + head * hd..][..hd];
+                for (j, score) in scores.iter_mut().enumerate() {
+                    let kj = &qkv[j * 3 * d + d + head * hd..][..hd];
+                    let mut dot = 0f32;
+                    for (a, c) in qi.iter().zip(kj) {
+                        dot += a * c;
+                    }
+                    *score = dot * scale + mask.map_or(0.0, |mk| mk[i * n + j]);
+                }
+                let max = scores.iter().fold(f32::NEG_INFINITY, |a, &v| a.max(v));
+                let mut sum = 0f32;
+                for v in scores.iter_mut() {
+                    *v = (*v - max).exp();
+                    sum += *v;
+                }
+                let o = &mut out[i * d + head * hd..][..hd];
+                o.fill(0.0);
+                for (j, p) in scores.iter().enumerate() {
+                    let vj = &qkv[j * 3 * d + 2 * d + head * hd..][..hd];
+                    let p = p / sum;
+                    for (o, v) in o.iter_mut().zip(vj) {
+                        *o += p * v;
+                    }
+                }
+            }
+        }
+    }
 }
 
 impl EncoderLayer {
@@ -656,16 +689,19 @@ impl EncoderLayer {
             mlp: Mlp::new(s.dim, s.inner, s.act, vb.pp("mlp"))?,
             layer_norm2: LayerNorm::new(s.dim, s.eps, vb.pp("layer_norm2"))?,
             fused: None,
+            fused_rows: FusedRows::Few,
         })
     }
 
     /// See [`Linear::set_query_precision`]; returns the bytes of the copies.
-    /// With copies, a few-row input (a query) runs the whole block as one
-    /// fused pass over plain rows instead of ~20 tensor operations.
-    pub fn set_query_precision(&mut self, precision: Precision) -> Result<usize> {
+    /// With copies, the inputs `rows` names (a query at least) run the
+    /// whole block as one fused pass over plain rows instead of ~20 tensor
+    /// operations.
+    pub fn set_query_precision(&mut self, precision: Precision, rows: FusedRows) -> Result<usize> {
         let bytes = self.self_attn.set_query_precision(precision)?
             + self.mlp.set_query_precision(precision)?;
-        self.fused = FusedBlock::new(self)?.map(Arc::new);
+        self.fused_rows = rows;
+        self.fused = FusedBlock::new(self, rows)?.map(Arc::new);
         Ok(bytes)
     }
 
@@ -688,7 +724,8 @@ impl EncoderLayer {
     pub fn forward(&self, x: &Tensor, mask: Option<&Tensor>) -> Result<Tensor> {
         if let Some(fused) = &self.fused {
             let (b, n, _) = x.dims3()?;
-            if !x.track_op() && on_cpu_f32(x) && b * n <= FUSED_MAX_ROWS {
+            let rows_fit = b * n <= FUSED_MAX_ROWS || self.fused_rows == FusedRows::Any;
+            if !x.track_op() && on_cpu_f32(x) && rows_fit {
                 return fused.forward(x, mask);
             }
         }
@@ -717,11 +754,12 @@ impl Encoder {
         Ok(Self { layers })
     }
 
-    /// See [`Linear::set_query_precision`]; returns the bytes of the copies.
-    pub fn set_query_precision(&mut self, precision: Precision) -> Result<usize> {
+    /// See [`EncoderLayer::set_query_precision`]; returns the bytes of the
+    /// copies.
+    pub fn set_query_precision(&mut self, precision: Precision, rows: FusedRows) -> Result<usize> {
         let mut bytes = 0;
         for layer in &mut self.layers {
-            bytes += layer.set_query_precision(precision)?;
+            bytes += layer.set_query_precision(precision, rows)?;
         }
         Ok(bytes)
     }
@@ -859,8 +897,16 @@ mod tests {
         }
         let vb = VarBuilder::from_tensors(tensors, DType::F32, &dev);
         let mut layer = EncoderLayer::new(&s, vb).unwrap();
-        layer.set_query_precision(Precision::Int8).unwrap();
+        layer
+            .set_query_precision(Precision::Int8, FusedRows::Any)
+            .unwrap();
         assert!(layer.fused.is_some());
+        // For the image tower (few rows only), copies that round their
+        // inputs (int8 dot products) get no fused block.
+        let mut few = layer.clone();
+        few.set_query_precision(Precision::Int8, FusedRows::Few)
+            .unwrap();
+        assert_eq!(few.fused.is_none(), crate::int8_dot::available());
         let mut tensor_path = layer.clone();
         tensor_path.fused = None;
         let (b, n) = (3, 5);

@@ -23,6 +23,7 @@ mod config;
 mod embedder;
 mod error;
 mod hub;
+mod int8_dot;
 mod kernels;
 mod layers;
 mod model;
@@ -36,7 +37,9 @@ pub use config::{Activation, ClipConfig, TextConfig, VisionConfig};
 pub use embedder::{default_device, Clip, PrecisionCheck, AUTO_MIN_COSINE};
 pub use error::ClipError;
 pub use hub::{resolve_model, resolve_model_with, HubOptions};
-pub use layers::{Attention, Encoder, EncoderLayer, EncoderShape, LayerNorm, Linear, Mlp};
+pub use layers::{
+    Attention, Encoder, EncoderLayer, EncoderShape, FusedRows, LayerNorm, Linear, Mlp,
+};
 pub use model::ClipModel;
 pub use precision::{Precision, QueryWeights};
 pub use text::{l2_normalize, TextOutput, TextTransformer};

@@ -136,8 +136,10 @@ impl ClipModel {
         }
         let device = self.logit_scale.device();
         let ids = Tensor::from_vec(flat, (ids.len(), n), device)?;
-        let out = self.text_model.forward(&ids, &eot, None, false)?;
-        self.text_projection.forward(&out.pooled)
+        crate::kernels::on_pool(|| {
+            let out = self.text_model.forward(&ids, &eot, None, false)?;
+            self.text_projection.forward(&out.pooled)
+        })
     }
 
     /// Projects pooled vision features (for callers holding [`VisionOutput`]).

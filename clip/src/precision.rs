@@ -21,8 +21,8 @@ use std::str::FromStr;
 
 use candle_core::{Result, Tensor};
 
-use crate::bf16_dot;
 use crate::kernels::{pack_panels, rows_times_panels};
+use crate::{bf16_dot, int8_dot};
 
 /// How the text tower stores the weights it streams for a query.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
@@ -121,13 +121,19 @@ enum Data {
         codes: Vec<i8>,
         scales: Vec<f32>,
     },
+    /// Unsigned panels for `vpdpbusd`, the inputs quantised per row (see
+    /// [`crate::int8_dot`]).
+    Int8Dot {
+        codes: Vec<u8>,
+        scales: Vec<f32>,
+    },
 }
 
 impl fmt::Debug for QueryWeights {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let kind = match self.data {
             Data::Bf16(_) | Data::Bf16Pairs(_) => "bf16",
-            Data::Int8 { .. } => "int8",
+            Data::Int8 { .. } | Data::Int8Dot { .. } => "int8",
         };
         write!(f, "QueryWeights({kind}, [{}, {}])", self.rows, self.cols)
     }
@@ -142,12 +148,12 @@ impl QueryWeights {
         bias: Option<&Tensor>,
         precision: Precision,
     ) -> Result<Option<Self>> {
-        Self::with_layout(weight, bias, precision, bf16_dot::available())
+        Self::with_layout(weight, bias, precision, true)
     }
 
-    /// [`QueryWeights::new`], packing bf16 for the dot-product kernel only
-    /// if `dot_products` (which requires the CPU to have it): the tests run
-    /// both layouts on a CPU that has it.
+    /// [`QueryWeights::new`], packing for the dot-product kernels (bf16
+    /// and int8) only if `dot_products` and the CPU has them: the tests run
+    /// both layouts on a CPU that has them.
     fn with_layout(
         weight: &Tensor,
         bias: Option<&Tensor>,
@@ -164,7 +170,9 @@ impl QueryWeights {
             .flatten_all()?
             .to_vec1::<f32>()?;
         let data = match precision {
-            Precision::Bf16 if dot_products => Data::Bf16Pairs(bf16_dot::pack(&values, rows, cols)),
+            Precision::Bf16 if dot_products && bf16_dot::available() => {
+                Data::Bf16Pairs(bf16_dot::pack(&values, rows, cols))
+            }
             Precision::Bf16 => {
                 let bits: Vec<u16> = values
                     .iter()
@@ -188,9 +196,16 @@ impl QueryWeights {
                     );
                     scales.push(scale);
                 }
-                Data::Int8 {
-                    codes: pack_panels(&codes, rows, cols),
-                    scales,
+                if dot_products && int8_dot::available() {
+                    Data::Int8Dot {
+                        codes: int8_dot::pack(&codes, rows, cols),
+                        scales,
+                    }
+                } else {
+                    Data::Int8 {
+                        codes: pack_panels(&codes, rows, cols),
+                        scales,
+                    }
                 }
             }
         };
@@ -218,7 +233,7 @@ impl QueryWeights {
     /// input across a rounding boundary: such copies must see the same
     /// upstream arithmetic whatever the batch (see `FusedBlock`).
     pub(crate) fn rounds_inputs(&self) -> bool {
-        matches!(self.data, Data::Bf16Pairs(_))
+        matches!(self.data, Data::Bf16Pairs(_) | Data::Int8Dot { .. })
     }
 
     /// Bytes held.
@@ -226,6 +241,7 @@ impl QueryWeights {
         match &self.data {
             Data::Bf16(v) | Data::Bf16Pairs(v) => v.len() * 2,
             Data::Int8 { codes, scales } => codes.len() + scales.len() * 4,
+            Data::Int8Dot { codes, scales } => codes.len() + scales.len() * 4,
         }
     }
 
@@ -252,6 +268,9 @@ impl QueryWeights {
             Data::Int8 { codes, scales } => {
                 rows_times_panels(x, m, k, codes, self.rows, Some(scales), bias)
             }
+            Data::Int8Dot { codes, scales } => {
+                int8_dot::product(x, m, k, codes, self.rows, scales, bias)
+            }
         }
     }
 }
@@ -274,19 +293,20 @@ mod tests {
                 .unwrap()
                 .to_scalar::<f32>()
                 .unwrap();
-            // bf16 in both layouts where the CPU has bf16 dot products: the
-            // widening kernel (AVX2 machines) and the dot-product one.
-            let layouts = [false, crate::bf16_dot::available()];
+            // Both layouts where the CPU has the dot products: the widening
+            // kernel (f32 inputs; AVX2 machines) and the dot-product one
+            // (inputs rounded to bf16, or quantised to int8 per row).
             let cases = [
-                (Precision::Bf16, 0.01, layouts[0]),
-                (Precision::Bf16, 0.01, layouts[1]),
+                (Precision::Bf16, 0.01, false),
+                (Precision::Bf16, 0.01, crate::bf16_dot::available()),
                 (Precision::Int8, 0.02, false),
+                (Precision::Int8, 0.03, crate::int8_dot::available()),
             ];
             for (p, tol, dot) in cases {
                 let q = QueryWeights::with_layout(&w, None, p, dot)
                     .unwrap()
                     .unwrap();
-                assert_eq!(matches!(q.data, Data::Bf16Pairs(_)), dot);
+                assert_eq!(q.rounds_inputs(), dot);
                 let got = q.matmul_t(&x).unwrap();
                 let d = crate::test_util::max_abs_diff(&got, &want) / scale;
                 assert!(d < tol, "{p} (dot {dot}) {m}x{k}x{n}: relative error {d}");
@@ -301,10 +321,16 @@ mod tests {
         assert!(QueryWeights::new(&w, None, Precision::Fp32)
             .unwrap()
             .is_none());
-        let q = QueryWeights::new(&w, None, Precision::Int8)
+        // 4 rows padded to one panel of 16 columns × 8 inputs, 4 scales;
+        // for the dot-product kernel, a panel of 32 columns.
+        let dot = QueryWeights::new(&w, None, Precision::Int8)
             .unwrap()
             .unwrap();
-        // 4 rows padded to one panel of 16 columns × 8 inputs, 4 scales.
+        let dot_width = if crate::int8_dot::available() { 32 } else { 16 };
+        assert_eq!(dot.bytes(), dot_width * 8 + 4 * 4);
+        let q = QueryWeights::with_layout(&w, None, Precision::Int8, false)
+            .unwrap()
+            .unwrap();
         assert_eq!(q.bytes(), 16 * 8 + 4 * 4);
         // All-zero rows get scale 1 and code 0, not NaN.
         let x = Tensor::ones((2, 8), candle_core::DType::F32, &Device::Cpu).unwrap();

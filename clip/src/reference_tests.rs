@@ -603,10 +603,11 @@ fn reduced_precision_image_embeddings_stay_close_to_the_reference() {
     );
 }
 
-/// `Clip::set_image_precision`: `auto` takes bf16 where the CPU has bf16
-/// dot products and keeps fp32 elsewhere (faster for image batches with
-/// AVX2 only); int8 is checked on the probe images and the fixture photos'
-/// embeddings stay within 0.999 of the reference; fp32 drops the copies.
+/// `Clip::set_image_precision`: `auto` takes int8 where the CPU has int8
+/// dot products, bf16 where it has bf16 ones, and keeps fp32 elsewhere
+/// (faster for image batches with AVX2 only); int8 is checked on the probe
+/// images and the fixture photos' embeddings stay within 0.999 of the
+/// reference; fp32 drops the copies.
 #[test]
 fn image_precision_is_checked_when_set() {
     use crate::{Precision, AUTO_MIN_COSINE};
@@ -616,8 +617,15 @@ fn image_precision_is_checked_when_set() {
     let mut clip = Clip::load_dir(&fixture_dir(), &Device::Cpu).unwrap();
     assert_eq!(clip.image_precision(), Precision::Fp32);
     clip.set_image_precision(Precision::Auto).unwrap();
-    if crate::bf16_dot::available() {
-        assert_eq!(clip.image_precision(), Precision::Bf16);
+    let fastest = if crate::int8_dot::available() {
+        Some(Precision::Int8)
+    } else if crate::bf16_dot::available() {
+        Some(Precision::Bf16)
+    } else {
+        None
+    };
+    if let Some(fastest) = fastest {
+        assert_eq!(clip.image_precision(), fastest);
         let report = clip.image_precision_check().copied().unwrap();
         assert!(report.min_cosine >= AUTO_MIN_COSINE);
     } else {

@@ -5,7 +5,7 @@ use candle_core::{Device, Module, Result, Tensor, D};
 use candle_nn::{Init, VarBuilder};
 
 use crate::config::TextConfig;
-use crate::layers::{Encoder, EncoderShape, LayerNorm, Packing};
+use crate::layers::{Encoder, EncoderShape, FusedRows, LayerNorm, Packing};
 use crate::precision::Precision;
 
 /// Outputs of the text tower for a batch of token sequences.
@@ -74,7 +74,7 @@ impl TextTransformer {
     /// Keeps reduced-precision copies of the encoder's weights for queries
     /// (see [`crate::Precision`]); returns their bytes.
     pub fn set_query_precision(&mut self, precision: Precision) -> Result<usize> {
-        self.encoder.set_query_precision(precision)
+        self.encoder.set_query_precision(precision, FusedRows::Any)
     }
 
     /// Whether the tower is being trained (its head's weights are

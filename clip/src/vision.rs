@@ -5,7 +5,7 @@ use candle_core::{Module, Result, Tensor};
 use candle_nn::{Init, VarBuilder};
 
 use crate::config::VisionConfig;
-use crate::layers::{Encoder, EncoderShape, LayerNorm, Linear};
+use crate::layers::{Encoder, EncoderShape, FusedRows, LayerNorm, Linear};
 
 /// Outputs of the vision tower for a batch of images.
 #[derive(Debug)]
@@ -96,7 +96,10 @@ impl VisionTransformer {
     /// [`crate::Precision`]); returns their bytes.
     pub fn set_precision(&mut self, precision: crate::Precision) -> Result<usize> {
         self.patch_projection.set_query_precision(precision)?;
-        Ok(self.encoder.set_query_precision(precision)? + self.patch_projection.query_bytes())
+        Ok(self
+            .encoder
+            .set_query_precision(precision, FusedRows::Few)?
+            + self.patch_projection.query_bytes())
     }
 
     /// Runs the tower.

@@ -207,19 +207,26 @@ fn index_then_search_status_and_failures() {
     let fused = search(&library, &["trip", "-k", "3"]);
     assert_eq!(fused["results"][0]["keyword_match"], true, "{fused}");
 
-    // The same photos indexed with int8 image weights (the library above
-    // used the default, auto = fp32 for images here): every embedding
-    // within cosine 0.999, and the same photos found (issue #6: top-10
-    // overlap ≥ 9/10).
+    // The same photos indexed with fp32 and with int8 image weights (the
+    // library above used the default, auto: int8, bf16 or fp32 by CPU):
+    // every embedding of int8 and of auto within cosine 0.999 of fp32, and
+    // the same photos found (issue #6: top-10 overlap ≥ 9/10).
+    let fp32_library = tmp.path().join("library-fp32");
+    index(&fp32_library, &[&photos], &["--precision", "fp32"]);
     let int8_library = tmp.path().join("library-int8");
     index(&int8_library, &[&photos], &["--precision", "int8"]);
-    let (auto_snap, exact_snap) = (snapshot(&int8_library), snapshot(&library));
-    assert_eq!(auto_snap.len(), exact_snap.len());
-    for ((path, a), (path2, b)) in auto_snap.values().zip(exact_snap.values()) {
-        assert_eq!(path, path2);
-        let cosine: f32 = a.iter().zip(b).map(|(x, y)| x * y).sum();
-        assert!(cosine >= 0.999, "{path}: cosine {cosine} to fp32");
-        assert!(cosine < 1.0 - 1e-7, "{path}: int8 images cannot be exact");
+    let exact_snap = snapshot(&fp32_library);
+    for (name, lib) in [("int8", &int8_library), ("auto", &library)] {
+        let snap = snapshot(lib);
+        assert_eq!(snap.len(), exact_snap.len());
+        for ((path, a), (path2, b)) in snap.values().zip(exact_snap.values()) {
+            assert_eq!(path, path2);
+            let cosine: f32 = a.iter().zip(b).map(|(x, y)| x * y).sum();
+            assert!(cosine >= 0.999, "{name} {path}: cosine {cosine} to fp32");
+            if name == "int8" {
+                assert!(cosine < 1.0 - 1e-7, "{path}: int8 images cannot be exact");
+            }
+        }
     }
     for query in [
         "a dog on the beach",
@@ -234,7 +241,7 @@ fn index_then_search_status_and_failures() {
                 .map(|h| h["path"].as_str().unwrap().to_string())
                 .collect()
         };
-        let (got, exact) = (ids(&int8_library), ids(&library));
+        let (got, exact) = (ids(&int8_library), ids(&fp32_library));
         let overlap = got.iter().filter(|p| exact.contains(p)).count();
         assert!(overlap >= 9, "{query:?}: {got:?} vs {exact:?}");
     }
