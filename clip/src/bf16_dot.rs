@@ -15,7 +15,7 @@
 
 use rayon::prelude::*;
 
-use crate::kernels::{tile_shape, tiled_product};
+use crate::kernels::{balanced_row_block, tile_shape, tiled_product};
 
 /// Output columns per packed panel: two 16-lane registers.
 pub(crate) const NR: usize = 32;
@@ -105,9 +105,10 @@ pub(crate) fn product(
     if m > MC && n.is_multiple_of(NR) {
         // A batch: each block of rows written in place against every
         // panel, its bias added while it is in cache.
+        let rows_per_block = balanced_row_block(m, MC);
         let mut out = vec![0f32; m * n];
-        out.par_chunks_mut(MC * n)
-            .zip(xs.par_chunks(MC * k2))
+        out.par_chunks_mut(rows_per_block * n)
+            .zip(xs.par_chunks(rows_per_block * k2))
             .for_each(|(block, a)| {
                 tile_product(a, block.len() / n, k2, packed, panels, block);
                 finish(block);

@@ -23,7 +23,7 @@
 
 use rayon::prelude::*;
 
-use crate::kernels::{tile_shape, tiled_product};
+use crate::kernels::{balanced_row_block, tile_shape, tiled_product};
 
 /// Output columns per packed panel: two 16-lane registers.
 pub(crate) const NR: usize = 32;
@@ -33,6 +33,9 @@ const MR: usize = 12;
 /// Input rows per row block of a many-row product (48 rows of 3,072
 /// inputs are 144 KiB, in L2 while every panel passes over them).
 const MC: usize = 48;
+
+/// Inputs up to this many values are quantised on the calling thread.
+const SERIAL_QUANTISE_MAX: usize = 1 << 16;
 
 /// Whether this CPU runs the int8 dot-product kernel.
 pub(crate) fn available() -> bool {
@@ -121,11 +124,22 @@ fn quantise(x: &[f32], m: usize, k: usize) -> QuantisedRows {
     let stride = k.div_ceil(4) * 4;
     let mut codes = vec![0i8; m * stride];
     let mut meta = vec![(0f32, 0i32); m];
-    codes
-        .par_chunks_mut(stride.max(1))
-        .zip(x.par_chunks(k.max(1)))
-        .zip(meta.par_iter_mut())
-        .for_each(|((q, row), meta)| *meta = quantise_row(row, q));
+    if m * k <= SERIAL_QUANTISE_MAX {
+        // A query: a few microseconds, less than waking a thread.
+        for ((q, row), meta) in codes
+            .chunks_mut(stride.max(1))
+            .zip(x.chunks(k.max(1)))
+            .zip(meta.iter_mut())
+        {
+            *meta = quantise_row(row, q);
+        }
+    } else {
+        codes
+            .par_chunks_mut(stride.max(1))
+            .zip(x.par_chunks(k.max(1)))
+            .zip(meta.par_iter_mut())
+            .for_each(|((q, row), meta)| *meta = quantise_row(row, q));
+    }
     let (scales, sums) = meta.into_iter().unzip();
     QuantisedRows {
         codes,
@@ -191,10 +205,11 @@ pub(crate) fn product(
     };
     if m > MC && n.is_multiple_of(NR) {
         // A batch: each block of rows written in place against every panel.
+        let rows_per_block = balanced_row_block(m, MC);
         let mut out = vec![0f32; m * n];
-        out.par_chunks_mut(MC * n)
+        out.par_chunks_mut(rows_per_block * n)
             .enumerate()
-            .for_each(|(b, chunk)| block(b * MC, chunk.len() / n, 0, panels, chunk, n));
+            .for_each(|(b, chunk)| block(b * rows_per_block, chunk.len() / n, 0, panels, chunk, n));
         return out;
     }
     // Few rows (a query) split the panels between threads; a batch whose

@@ -452,6 +452,16 @@ pub(crate) fn tiled_product(
     out
 }
 
+/// Rows per block when `m` rows are split into blocks of at most
+/// `max_block` for the threads: a whole number of blocks per thread, all
+/// the same size (one image's 50 rows in blocks of 48 left one thread with
+/// 48 rows and the other with 2).
+pub(crate) fn balanced_row_block(m: usize, max_block: usize) -> usize {
+    let threads = rayon::current_num_threads().max(1);
+    let blocks = threads * m.div_ceil(threads * max_block.max(1));
+    m.div_ceil(blocks.max(1)).max(1)
+}
+
 /// Tiles for a product of `m` rows over `panels` panels: few rows (a
 /// query) → all rows against a share of the panels per thread, so that each
 /// weight is read once; else blocks of `row_block` rows against every panel.

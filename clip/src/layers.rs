@@ -71,7 +71,7 @@ impl LayerNorm {
     }
 
     /// The gain and bias as plain vectors, for the fused few-row path.
-    fn plain(&self) -> Result<(Vec<f32>, Vec<f32>, f32)> {
+    fn plain(&self) -> Result<PlainLayerNorm> {
         Ok((
             self.weight.to_dtype(DType::F32)?.to_vec1()?,
             self.bias.to_dtype(DType::F32)?.to_vec1()?,
@@ -79,6 +79,9 @@ impl LayerNorm {
         ))
     }
 }
+
+/// A LayerNorm's weight, bias and epsilon as plain values (the fused block's).
+type PlainLayerNorm = (Vec<f32>, Vec<f32>, f32);
 
 /// Whether `x` can take the CPU kernels of this crate (`kernels`,
 /// `autograd`, the reduced-precision copies): f32 in CPU memory. Tensors
@@ -548,10 +551,10 @@ pub(crate) const FUSED_MAX_ROWS: usize = SMALL_M;
 /// LayerNorm, softmax and activation), without a tensor per step.
 #[derive(Debug)]
 struct FusedBlock {
-    ln1: (Vec<f32>, Vec<f32>, f32),
+    ln1: PlainLayerNorm,
     qkv: Arc<QueryWeights>,
     out_proj: Arc<QueryWeights>,
-    ln2: (Vec<f32>, Vec<f32>, f32),
+    ln2: PlainLayerNorm,
     fc1: Arc<QueryWeights>,
     fc2: Arc<QueryWeights>,
     act: Activation,
@@ -574,6 +577,7 @@ impl FusedBlock {
         if rows == FusedRows::Few && qkv.query.as_ref().is_some_and(|q| q.rounds_inputs()) {
             return Ok(None);
         }
+        let qkv_linear = qkv;
         let (Some(qkv), Some(out_proj), Some(fc1), Some(fc2)) = (
             qkv.query.clone(),
             a.out_proj.query.clone(),
@@ -582,11 +586,17 @@ impl FusedBlock {
         ) else {
             return Ok(None);
         };
+        let (mut ln1, mut ln2) = (layer.layer_norm1.plain()?, layer.layer_norm2.plain()?);
+        let (mut qkv, mut fc1) = (qkv, fc1);
+        if qkv.quantises_inputs() {
+            (ln1, qkv) = smoothed(ln1, qkv_linear)?;
+            (ln2, fc1) = smoothed(ln2, &m.fc1)?;
+        }
         Ok(Some(Self {
-            ln1: layer.layer_norm1.plain()?,
+            ln1,
             qkv,
             out_proj,
-            ln2: layer.layer_norm2.plain()?,
+            ln2,
             fc1,
             fc2,
             act: m.act,
@@ -680,6 +690,57 @@ impl FusedBlock {
     }
 }
 
+/// A LayerNorm and the product it feeds, rescaled per channel for int8
+/// inputs: channel `c` of the LayerNorm's output divided by `s_c` and
+/// column `c` of the weight multiplied by it — the same function — with
+/// `s_c = sqrt(a_c / w_c)`, `a_c = 4|γ_c| + |β_c|` (how large the channel
+/// can get: the normalised value is rarely beyond ±4) and `w_c` the
+/// column's largest weight.
+///
+/// Quantising an input row to int8 as a whole gives every channel the step
+/// of the largest one. Pretrained transformers have a few LayerNorm
+/// channels far larger than the rest (a large `γ_c`, with small weights
+/// reading it), which would crush the others to a few levels; moving half
+/// of each channel's range (in log scale) into its weights balances the two
+/// quantisations (as SmoothQuant does, Xiao et al. 2023, here from the
+/// weights alone, without calibration data). Channels of ordinary size get
+/// similar factors, which change nothing: a row's scale is its own.
+fn smoothed(ln: PlainLayerNorm, linear: &Linear) -> Result<(PlainLayerNorm, Arc<QueryWeights>)> {
+    let (gamma, beta, eps) = ln;
+    let (rows, k) = linear.weight.dims2()?;
+    let mut w = linear
+        .weight
+        .to_dtype(DType::F32)?
+        .flatten_all()?
+        .to_vec1::<f32>()?;
+    let mut w_max = vec![0f32; k];
+    for row in w.chunks_exact(k.max(1)) {
+        for (m, v) in w_max.iter_mut().zip(row) {
+            *m = m.max(v.abs());
+        }
+    }
+    let factors: Vec<f32> = (0..k)
+        .map(|c| {
+            let a = 4.0 * gamma[c].abs() + beta[c].abs();
+            let s = (a / w_max[c]).sqrt();
+            if s.is_finite() && s > 0.0 {
+                s
+            } else {
+                1.0
+            }
+        })
+        .collect();
+    for row in w.chunks_exact_mut(k.max(1)) {
+        row.iter_mut().zip(&factors).for_each(|(v, s)| *v *= s);
+    }
+    let gamma = gamma.iter().zip(&factors).map(|(g, s)| g / s).collect();
+    let beta = beta.iter().zip(&factors).map(|(b, s)| b / s).collect();
+    let weight = Tensor::from_vec(w, (rows, k), linear.weight.device())?;
+    let copy = QueryWeights::new(&weight, linear.bias.as_ref(), Precision::Int8)?
+        .ok_or_else(|| candle_core::Error::msg("int8 copy expected"))?;
+    Ok(((gamma, beta, eps), Arc::new(copy)))
+}
+
 impl EncoderLayer {
     /// Loads one block.
     pub fn new(s: &EncoderShape, vb: VarBuilder) -> Result<Self> {
@@ -698,10 +759,22 @@ impl EncoderLayer {
     /// whole block as one fused pass over plain rows instead of ~20 tensor
     /// operations.
     pub fn set_query_precision(&mut self, precision: Precision, rows: FusedRows) -> Result<usize> {
-        let bytes = self.self_attn.set_query_precision(precision)?
+        let mut bytes = self.self_attn.set_query_precision(precision)?
             + self.mlp.set_query_precision(precision)?;
         self.fused_rows = rows;
         self.fused = FusedBlock::new(self, rows)?.map(Arc::new);
+        // A fused block with smoothed copies of the q/k/v and fc1 weights
+        // (see `smoothed`) replaces the layers' own: they would be wrong
+        // beside the unsmoothed LayerNorms of the tensor path, which then
+        // reads the f32 weights (it is not used while the block is).
+        if let (Some(fused), Qkv::Fused(qkv)) = (&self.fused, &mut self.self_attn.qkv) {
+            if fused.qkv.quantises_inputs() {
+                bytes -= qkv.query_bytes() + self.mlp.fc1.query_bytes();
+                qkv.query = None;
+                self.mlp.fc1.query = None;
+                bytes += fused.qkv.bytes() + fused.fc1.bytes();
+            }
+        }
         Ok(bytes)
     }
 
@@ -896,19 +969,7 @@ mod tests {
             );
         }
         let vb = VarBuilder::from_tensors(tensors, DType::F32, &dev);
-        let mut layer = EncoderLayer::new(&s, vb).unwrap();
-        layer
-            .set_query_precision(Precision::Int8, FusedRows::Any)
-            .unwrap();
-        assert!(layer.fused.is_some());
-        // For the image tower (few rows only), copies that round their
-        // inputs (int8 dot products) get no fused block.
-        let mut few = layer.clone();
-        few.set_query_precision(Precision::Int8, FusedRows::Few)
-            .unwrap();
-        assert_eq!(few.fused.is_none(), crate::int8_dot::available());
-        let mut tensor_path = layer.clone();
-        tensor_path.fused = None;
+        let exact = EncoderLayer::new(&s, vb).unwrap();
         let (b, n) = (3, 5);
         let x = Tensor::randn(0f32, 1.0, (b, n, d), &dev).unwrap();
         let causal = crate::text::causal_mask(n, &dev).unwrap();
@@ -923,11 +984,46 @@ mod tests {
             })
             .collect();
         let padded = Tensor::from_vec(padded, (b, 1, n, n), &dev).unwrap();
-        for mask in [Some(&causal), Some(&padded), None] {
-            let fused = layer.forward(&x, mask).unwrap();
-            let plain = tensor_path.forward(&x, mask).unwrap();
-            let diff = crate::test_util::max_abs_diff(&fused, &plain);
-            assert!(diff < 1e-4, "{diff}");
+        let rounds = [
+            (Precision::Int8, crate::int8_dot::available(), 0.02),
+            (Precision::Bf16, crate::bf16_dot::available(), 0.01),
+        ];
+        for (precision, rounds_inputs, tolerance) in rounds {
+            let mut layer = exact.clone();
+            layer
+                .set_query_precision(precision, FusedRows::Any)
+                .unwrap();
+            assert!(layer.fused.is_some());
+            // For the image tower (few rows only), copies that round their
+            // inputs (bf16 or int8 dot products) get no fused block.
+            let mut few = exact.clone();
+            few.set_query_precision(precision, FusedRows::Few).unwrap();
+            assert_eq!(few.fused.is_none(), rounds_inputs, "{precision}");
+            let mut tensor_path = layer.clone();
+            tensor_path.fused = None;
+            for mask in [Some(&causal), Some(&padded), None] {
+                let fused = layer.forward(&x, mask).unwrap();
+                // Within the precision's tolerance of f32 (int8 dot
+                // products' copies are smoothed, see `smoothed`)...
+                let want = exact.forward(&x, mask).unwrap();
+                let scale = want
+                    .abs()
+                    .unwrap()
+                    .max_all()
+                    .unwrap()
+                    .to_scalar::<f32>()
+                    .unwrap();
+                let diff = crate::test_util::max_abs_diff(&fused, &want) / scale;
+                assert!(diff < tolerance, "{precision}: {diff}");
+                assert!(diff > 0.0, "{precision}: the copies cannot be exact");
+                // ...and where the copies keep f32 inputs, the tensor path
+                // on the same copies to f32 rounding.
+                if !rounds_inputs {
+                    let plain = tensor_path.forward(&x, mask).unwrap();
+                    let diff = crate::test_util::max_abs_diff(&fused, &plain);
+                    assert!(diff < 1e-4, "{precision}: {diff}");
+                }
+            }
         }
     }
 

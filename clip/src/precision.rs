@@ -236,6 +236,13 @@ impl QueryWeights {
         matches!(self.data, Data::Bf16Pairs(_) | Data::Int8Dot { .. })
     }
 
+    /// Whether products quantise each input row to int8 as a whole (int8
+    /// dot products), so that one large input channel coarsens every other
+    /// channel of its row (see `FusedBlock`'s smoothing).
+    pub(crate) fn quantises_inputs(&self) -> bool {
+        matches!(self.data, Data::Int8Dot { .. })
+    }
+
     /// Bytes held.
     pub fn bytes(&self) -> usize {
         match &self.data {

@@ -667,3 +667,104 @@ fn image_precision_is_checked_when_set() {
         exp.tol("image_embeds"),
     );
 }
+
+/// The fixture with one outlier channel per text block, the same function
+/// in f32: `by` per layer scales channel `c` of `producer` (a LayerNorm's
+/// weight and bias, or a product's output row and bias) and divides column
+/// `c` of each of `consumers` by the same factor.
+fn text_outlier_model(producer: &str, consumers: &[&str], by: f32) -> Clip {
+    let base = Clip::load_dir(&fixture_dir(), &Device::Cpu).unwrap();
+    let cfg = base.config().clone();
+    let mut tensors = fixture_tensors();
+    // `columns`: scale column `index` of a `[rows, width]` weight; else
+    // entry `index` of a vector or row `index` of a matrix.
+    let scale = |t: &Tensor, index: usize, by: f32, columns: bool| -> Tensor {
+        let dims = t.dims().to_vec();
+        let mut v = t.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        let width = *dims.last().unwrap();
+        for (i, x) in v.iter_mut().enumerate() {
+            let hit = if columns || dims.len() == 1 {
+                i % width == index
+            } else {
+                i / width == index
+            };
+            if hit {
+                *x *= by;
+            }
+        }
+        Tensor::from_vec(v, dims, &Device::Cpu).unwrap()
+    };
+    for layer in 0..cfg.text_config.num_hidden_layers {
+        let prefix = format!("text_model.encoder.layers.{layer}");
+        let channel = (7 * layer + 3) % cfg.text_config.hidden_size;
+        for part in ["weight", "bias"] {
+            let name = format!("{prefix}.{producer}.{part}");
+            let t = scale(&tensors[&name], channel, by, false);
+            tensors.insert(name, t);
+        }
+        for consumer in consumers {
+            let name = format!("{prefix}.{consumer}.weight");
+            let t = scale(&tensors[&name], channel, 1.0 / by, true);
+            tensors.insert(name, t);
+        }
+    }
+    let vb = VarBuilder::from_tensors(tensors, DType::F32, &Device::Cpu);
+    let model = ClipModel::new(&cfg, vb).unwrap();
+    let tokenizer = glimpse_tokenizer::Tokenizer::clip();
+    Clip::from_model(model, tokenizer, base.preprocess().clone(), "outliers")
+}
+
+/// Pretrained transformers have a few LayerNorm channels far larger than
+/// the rest (a large weight, small weights reading it), which would crush
+/// every other channel of a row quantised to int8 as a whole. The int8
+/// dot-product copies of the products a LayerNorm feeds are smoothed (see
+/// `layers::smoothed`), so such a checkpoint keeps int8 queries: with a
+/// channel 300× the rest before q/k/v and fc1 in every block, int8 stays
+/// within cosine 0.999 of fp32 and `auto` takes it.
+#[test]
+fn int8_queries_survive_layer_norm_outlier_channels() {
+    use crate::{Precision, AUTO_MIN_COSINE};
+    let mut clip = text_outlier_model(
+        "layer_norm1",
+        &["self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj"],
+        300.0,
+    );
+    clip.set_query_precision(Precision::Auto).unwrap();
+    let auto = clip.query_precision_check().copied().unwrap();
+    assert_eq!(auto.precision, Precision::Int8);
+    assert!(auto.min_cosine >= AUTO_MIN_COSINE, "{}", auto.min_cosine);
+    let mut clip = text_outlier_model("layer_norm2", &["mlp.fc1"], 300.0);
+    clip.set_query_precision(Precision::Auto).unwrap();
+    let auto = clip.query_precision_check().copied().unwrap();
+    assert_eq!(auto.precision, Precision::Int8);
+    assert!(auto.min_cosine >= AUTO_MIN_COSINE, "{}", auto.min_cosine);
+}
+
+/// The load-time check is what guards `auto` where smoothing cannot help:
+/// an outlier channel in the attention's output (v's output channel 300×,
+/// the output projection's column ÷300: the same function) reaches the
+/// output projection with no LayerNorm before it. Int8 dot products then
+/// fall below cosine 0.999 and `auto` takes bf16 (rounded relative to each
+/// value); an explicit int8 is kept but reports its cosine. (Where the CPU
+/// has no int8 dot products, int8 keeps f32 inputs and passes.)
+#[test]
+fn auto_falls_back_to_bf16_when_int8_inputs_lose_outlier_rows() {
+    use crate::{Precision, AUTO_MIN_COSINE};
+    let mut clip = text_outlier_model("self_attn.v_proj", &["self_attn.out_proj"], 300.0);
+    clip.set_query_precision(Precision::Int8).unwrap();
+    let int8 = clip.query_precision_check().copied().unwrap();
+    assert_eq!(int8.precision, Precision::Int8);
+    clip.set_query_precision(Precision::Auto).unwrap();
+    let auto = clip.query_precision_check().copied().unwrap();
+    if crate::int8_dot::available() {
+        assert!(
+            int8.min_cosine < AUTO_MIN_COSINE,
+            "int8 inputs should lose the outlier rows: {}",
+            int8.min_cosine
+        );
+        assert_eq!(auto.precision, Precision::Bf16);
+    } else {
+        assert_eq!(auto.precision, Precision::Int8);
+    }
+    assert!(auto.min_cosine >= AUTO_MIN_COSINE, "{}", auto.min_cosine);
+}
