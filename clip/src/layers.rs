@@ -522,6 +522,10 @@ pub struct EncoderLayer {
     layer_norm2: LayerNorm,
     fused: Option<Arc<FusedBlock>>,
     fused_rows: FusedRows,
+    /// With int8 dot-product copies: the two LayerNorms rescaled to match
+    /// the smoothed copies of the q/k/v and fc1 weights (see `smoothed`),
+    /// used wherever those copies are.
+    smoothed_norms: Option<(LayerNorm, LayerNorm)>,
 }
 
 /// Which inference inputs a block with reduced-precision copies runs as
@@ -577,7 +581,6 @@ impl FusedBlock {
         if rows == FusedRows::Few && qkv.query.as_ref().is_some_and(|q| q.rounds_inputs()) {
             return Ok(None);
         }
-        let qkv_linear = qkv;
         let (Some(qkv), Some(out_proj), Some(fc1), Some(fc2)) = (
             qkv.query.clone(),
             a.out_proj.query.clone(),
@@ -586,12 +589,8 @@ impl FusedBlock {
         ) else {
             return Ok(None);
         };
-        let (mut ln1, mut ln2) = (layer.layer_norm1.plain()?, layer.layer_norm2.plain()?);
-        let (mut qkv, mut fc1) = (qkv, fc1);
-        if qkv.quantises_inputs() {
-            (ln1, qkv) = smoothed(ln1, qkv_linear)?;
-            (ln2, fc1) = smoothed(ln2, &m.fc1)?;
-        }
+        let (ln1, ln2) = layer.norms(true);
+        let (ln1, ln2) = (ln1.plain()?, ln2.plain()?);
         Ok(Some(Self {
             ln1,
             qkv,
@@ -705,8 +704,8 @@ impl FusedBlock {
 /// quantisations (as SmoothQuant does, Xiao et al. 2023, here from the
 /// weights alone, without calibration data). Channels of ordinary size get
 /// similar factors, which change nothing: a row's scale is its own.
-fn smoothed(ln: PlainLayerNorm, linear: &Linear) -> Result<(PlainLayerNorm, Arc<QueryWeights>)> {
-    let (gamma, beta, eps) = ln;
+fn smoothed(ln: &LayerNorm, linear: &Linear) -> Result<(LayerNorm, Arc<QueryWeights>)> {
+    let (gamma, beta, _) = ln.plain()?;
     let (rows, k) = linear.weight.dims2()?;
     let mut w = linear
         .weight
@@ -733,12 +732,18 @@ fn smoothed(ln: PlainLayerNorm, linear: &Linear) -> Result<(PlainLayerNorm, Arc<
     for row in w.chunks_exact_mut(k.max(1)) {
         row.iter_mut().zip(&factors).for_each(|(v, s)| *v *= s);
     }
-    let gamma = gamma.iter().zip(&factors).map(|(g, s)| g / s).collect();
-    let beta = beta.iter().zip(&factors).map(|(b, s)| b / s).collect();
-    let weight = Tensor::from_vec(w, (rows, k), linear.weight.device())?;
+    let device = linear.weight.device();
+    let gamma: Vec<f32> = gamma.iter().zip(&factors).map(|(g, s)| g / s).collect();
+    let beta: Vec<f32> = beta.iter().zip(&factors).map(|(b, s)| b / s).collect();
+    let norm = LayerNorm {
+        weight: Tensor::from_vec(gamma, k, device)?,
+        bias: Tensor::from_vec(beta, k, device)?,
+        eps: ln.eps,
+    };
+    let weight = Tensor::from_vec(w, (rows, k), device)?;
     let copy = QueryWeights::new(&weight, linear.bias.as_ref(), Precision::Int8)?
         .ok_or_else(|| candle_core::Error::msg("int8 copy expected"))?;
-    Ok(((gamma, beta, eps), Arc::new(copy)))
+    Ok((norm, Arc::new(copy)))
 }
 
 impl EncoderLayer {
@@ -751,6 +756,7 @@ impl EncoderLayer {
             layer_norm2: LayerNorm::new(s.dim, s.eps, vb.pp("layer_norm2"))?,
             fused: None,
             fused_rows: FusedRows::Few,
+            smoothed_norms: None,
         })
     }
 
@@ -761,21 +767,33 @@ impl EncoderLayer {
     pub fn set_query_precision(&mut self, precision: Precision, rows: FusedRows) -> Result<usize> {
         let mut bytes = self.self_attn.set_query_precision(precision)?
             + self.mlp.set_query_precision(precision)?;
-        self.fused_rows = rows;
-        self.fused = FusedBlock::new(self, rows)?.map(Arc::new);
-        // A fused block with smoothed copies of the q/k/v and fc1 weights
-        // (see `smoothed`) replaces the layers' own: they would be wrong
-        // beside the unsmoothed LayerNorms of the tensor path, which then
-        // reads the f32 weights (it is not used while the block is).
-        if let (Some(fused), Qkv::Fused(qkv)) = (&self.fused, &mut self.self_attn.qkv) {
-            if fused.qkv.quantises_inputs() {
+        self.smoothed_norms = None;
+        // int8 dot-product copies of the products the LayerNorms feed are
+        // smoothed, and the LayerNorms rescaled to match (see `smoothed`).
+        if let Qkv::Fused(qkv) = &mut self.self_attn.qkv {
+            if qkv.query.as_ref().is_some_and(|q| q.quantises_inputs()) {
                 bytes -= qkv.query_bytes() + self.mlp.fc1.query_bytes();
-                qkv.query = None;
-                self.mlp.fc1.query = None;
-                bytes += fused.qkv.bytes() + fused.fc1.bytes();
+                let (ln1, qkv_copy) = smoothed(&self.layer_norm1, qkv)?;
+                let (ln2, fc1_copy) = smoothed(&self.layer_norm2, &self.mlp.fc1)?;
+                bytes += qkv_copy.bytes() + fc1_copy.bytes();
+                qkv.query = Some(qkv_copy);
+                self.mlp.fc1.query = Some(fc1_copy);
+                self.smoothed_norms = Some((ln1, ln2));
             }
         }
+        self.fused_rows = rows;
+        self.fused = FusedBlock::new(self, rows)?.map(Arc::new);
         Ok(bytes)
+    }
+
+    /// The LayerNorms before attention and MLP: the smoothed ones where the
+    /// products read int8 dot-product copies (an `inference` input: no
+    /// gradient, f32 on the CPU), else the checkpoint's.
+    fn norms(&self, inference: bool) -> (&LayerNorm, &LayerNorm) {
+        match &self.smoothed_norms {
+            Some((ln1, ln2)) if inference => (ln1, ln2),
+            _ => (&self.layer_norm1, &self.layer_norm2),
+        }
     }
 
     /// Runs the block on packed rows `[rows, d]` (training; see [`Packing`]).
@@ -785,11 +803,12 @@ impl EncoderLayer {
         packing: &Packing,
         mask: &Tensor,
     ) -> Result<Tensor> {
+        let (ln1, ln2) = self.norms(!x.track_op() && on_cpu_f32(x));
         let h = self
             .self_attn
-            .forward_packed(&self.layer_norm1.forward(x)?, packing, mask)?;
+            .forward_packed(&ln1.forward(x)?, packing, mask)?;
         let x = (x + h)?;
-        let h = self.mlp.forward(&self.layer_norm2.forward(&x)?)?;
+        let h = self.mlp.forward(&ln2.forward(&x)?)?;
         x + h
     }
 
@@ -802,11 +821,10 @@ impl EncoderLayer {
                 return fused.forward(x, mask);
             }
         }
-        let h = self
-            .self_attn
-            .forward(&self.layer_norm1.forward(x)?, mask)?;
+        let (ln1, ln2) = self.norms(!x.track_op() && on_cpu_f32(x));
+        let h = self.self_attn.forward(&ln1.forward(x)?, mask)?;
         let x = (x + h)?;
-        let h = self.mlp.forward(&self.layer_norm2.forward(&x)?)?;
+        let h = self.mlp.forward(&ln2.forward(&x)?)?;
         x + h
     }
 }

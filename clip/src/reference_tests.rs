@@ -668,11 +668,12 @@ fn image_precision_is_checked_when_set() {
     );
 }
 
-/// The fixture with one outlier channel per text block, the same function
-/// in f32: `by` per layer scales channel `c` of `producer` (a LayerNorm's
-/// weight and bias, or a product's output row and bias) and divides column
-/// `c` of each of `consumers` by the same factor.
-fn text_outlier_model(producer: &str, consumers: &[&str], by: f32) -> Clip {
+/// The fixture with one outlier channel per block of `tower` (`text_model`
+/// or `vision_model`), the same function in f32: `by` per layer scales
+/// channel `c` of `producer` (a LayerNorm's weight and bias, or a product's
+/// output row and bias) and divides column `c` of each of `consumers` by
+/// the same factor.
+fn outlier_model(tower: &str, producer: &str, consumers: &[&str], by: f32) -> Clip {
     let base = Clip::load_dir(&fixture_dir(), &Device::Cpu).unwrap();
     let cfg = base.config().clone();
     let mut tensors = fixture_tensors();
@@ -694,9 +695,16 @@ fn text_outlier_model(producer: &str, consumers: &[&str], by: f32) -> Clip {
         }
         Tensor::from_vec(v, dims, &Device::Cpu).unwrap()
     };
-    for layer in 0..cfg.text_config.num_hidden_layers {
-        let prefix = format!("text_model.encoder.layers.{layer}");
-        let channel = (7 * layer + 3) % cfg.text_config.hidden_size;
+    let (layers, width) = if tower == "text_model" {
+        let t = &cfg.text_config;
+        (t.num_hidden_layers, t.hidden_size)
+    } else {
+        let v = &cfg.vision_config;
+        (v.num_hidden_layers, v.hidden_size)
+    };
+    for layer in 0..layers {
+        let prefix = format!("{tower}.encoder.layers.{layer}");
+        let channel = (7 * layer + 3) % width;
         for part in ["weight", "bias"] {
             let name = format!("{prefix}.{producer}.{part}");
             let t = scale(&tensors[&name], channel, by, false);
@@ -724,7 +732,8 @@ fn text_outlier_model(producer: &str, consumers: &[&str], by: f32) -> Clip {
 #[test]
 fn int8_queries_survive_layer_norm_outlier_channels() {
     use crate::{Precision, AUTO_MIN_COSINE};
-    let mut clip = text_outlier_model(
+    let mut clip = outlier_model(
+        "text_model",
         "layer_norm1",
         &["self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj"],
         300.0,
@@ -733,7 +742,7 @@ fn int8_queries_survive_layer_norm_outlier_channels() {
     let auto = clip.query_precision_check().copied().unwrap();
     assert_eq!(auto.precision, Precision::Int8);
     assert!(auto.min_cosine >= AUTO_MIN_COSINE, "{}", auto.min_cosine);
-    let mut clip = text_outlier_model("layer_norm2", &["mlp.fc1"], 300.0);
+    let mut clip = outlier_model("text_model", "layer_norm2", &["mlp.fc1"], 300.0);
     clip.set_query_precision(Precision::Auto).unwrap();
     let auto = clip.query_precision_check().copied().unwrap();
     assert_eq!(auto.precision, Precision::Int8);
@@ -750,7 +759,12 @@ fn int8_queries_survive_layer_norm_outlier_channels() {
 #[test]
 fn auto_falls_back_to_bf16_when_int8_inputs_lose_outlier_rows() {
     use crate::{Precision, AUTO_MIN_COSINE};
-    let mut clip = text_outlier_model("self_attn.v_proj", &["self_attn.out_proj"], 300.0);
+    let mut clip = outlier_model(
+        "text_model",
+        "self_attn.v_proj",
+        &["self_attn.out_proj"],
+        300.0,
+    );
     clip.set_query_precision(Precision::Int8).unwrap();
     let int8 = clip.query_precision_check().copied().unwrap();
     assert_eq!(int8.precision, Precision::Int8);
@@ -767,4 +781,55 @@ fn auto_falls_back_to_bf16_when_int8_inputs_lose_outlier_rows() {
         assert_eq!(auto.precision, Precision::Int8);
     }
     assert!(auto.min_cosine >= AUTO_MIN_COSINE, "{}", auto.min_cosine);
+}
+
+/// As [`int8_queries_survive_layer_norm_outlier_channels`] for images: the
+/// image tower's int8 dot-product copies are smoothed too, so `auto` keeps
+/// int8 images (where the CPU has the instructions) with a LayerNorm channel
+/// 300× the rest in every block, within cosine 0.999 of fp32 on the probes
+/// and on the fixture's images; and an image alone equals it in a batch.
+#[test]
+fn int8_images_survive_layer_norm_outlier_channels() {
+    use crate::{Precision, AUTO_MIN_COSINE};
+    let pixels = Expected::load().get("pixel_values").clone();
+    let n = pixels.dim(0).unwrap();
+    let images: Vec<Vec<f32>> = (0..n)
+        .map(|i| {
+            pixels
+                .get(i)
+                .unwrap()
+                .flatten_all()
+                .unwrap()
+                .to_vec1()
+                .unwrap()
+        })
+        .collect();
+    for (producer, consumers) in [
+        (
+            "layer_norm1",
+            &["self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj"][..],
+        ),
+        ("layer_norm2", &["mlp.fc1"][..]),
+    ] {
+        let mut clip = outlier_model("vision_model", producer, consumers, 300.0);
+        let exact = clip.embed_pixels(&images, false).unwrap();
+        clip.set_image_precision(Precision::Auto).unwrap();
+        if !crate::int8_dot::available() {
+            continue;
+        }
+        let check = clip.image_precision_check().copied().unwrap();
+        assert_eq!(check.precision, Precision::Int8, "{producer}: {check:?}");
+        let got = clip.embed_pixels(&images, false).unwrap();
+        for (i, (a, b)) in got.iter().zip(&exact).enumerate() {
+            let cosine: f32 = a.iter().zip(b).map(|(x, y)| x * y).sum();
+            assert!(cosine >= AUTO_MIN_COSINE, "{producer} image {i}: {cosine}");
+            let alone = clip.embed_pixels(&images[i..i + 1], false).unwrap();
+            let d = alone[0]
+                .iter()
+                .zip(a)
+                .map(|(x, y)| (x - y).abs())
+                .fold(0f32, f32::max);
+            assert!(d < 1e-6, "{producer} image {i}: alone vs batched {d}");
+        }
+    }
 }
