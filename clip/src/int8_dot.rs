@@ -87,11 +87,10 @@ struct QuantisedRows {
 /// rounded half to even. An all-zero row has scale 0; a row with a NaN or
 /// an infinity gets a NaN scale, so its outputs are NaN as in f32.
 fn quantise_row(x: &[f32], q: &mut [i8]) -> (f32, i32) {
-    let max = x.iter().fold(0f32, |m, v| m.max(v.abs()));
-    if x.iter().any(|v| !v.is_finite()) {
+    let Some(max) = finite_abs_max(x) else {
         q.fill(0);
         return (f32::NAN, 0);
-    }
+    };
     if max == 0.0 {
         q.fill(0);
         return (0.0, 0);
@@ -113,6 +112,24 @@ fn quantise_row(x: &[f32], q: &mut [i8]) -> (f32, i32) {
     }
     q[x.len()..].fill(0);
     (max / 127.0, sum)
+}
+
+/// `max |x|`, or `None` if `x` holds a NaN or an infinity.
+fn finite_abs_max(x: &[f32]) -> Option<f32> {
+    #[cfg(target_arch = "x86_64")]
+    let (whole, max) = {
+        let whole = x.len() / 16 * 16;
+        // SAFETY: callers run only where `available()`; the slice holds
+        // `whole` values.
+        (whole, unsafe { avx512::finite_abs_max(&x[..whole]) }?)
+    };
+    #[cfg(not(target_arch = "x86_64"))]
+    let (whole, max) = (0, 0f32);
+    let rest = &x[whole..];
+    if rest.iter().any(|v| !v.is_finite()) {
+        return None;
+    }
+    Some(rest.iter().fold(max, |m, v| m.max(v.abs())))
 }
 
 /// One input's code: `v · inv` rounded half to even, within ±127.
@@ -274,6 +291,22 @@ fn micro_kernel(
 mod avx512 {
     use super::NR;
     use std::arch::x86_64::*;
+
+    /// `max |x|` for 16 values at a time, `None` if any is a NaN or an
+    /// infinity (`|v| ≤ f32::MAX` is false for both). `x.len()` is a
+    /// multiple of 16.
+    #[target_feature(enable = "avx512f")]
+    pub(super) unsafe fn finite_abs_max(x: &[f32]) -> Option<f32> {
+        let limit = _mm512_set1_ps(f32::MAX);
+        let mut max = _mm512_setzero_ps();
+        let mut finite: u16 = 0xffff;
+        for s in x.chunks_exact(16) {
+            let v = _mm512_abs_ps(_mm512_loadu_ps(s.as_ptr()));
+            finite &= _mm512_cmp_ps_mask::<_CMP_LE_OQ>(v, limit);
+            max = _mm512_max_ps(max, v);
+        }
+        (finite == 0xffff).then(|| _mm512_reduce_max_ps(max))
+    }
 
     /// Codes of `x · inv` (round half to even, clamped to ±127) for 16
     /// values at a time; returns their sum. `x.len()` is a multiple of 16.
@@ -459,13 +492,23 @@ mod tests {
         let w = codes(n * k, 9);
         let scales = [0.5f32; 3];
         let bias = [1.0f32, 2.0, 3.0];
-        let mut x = vec![0f32; 3 * k];
+        // k = 20: the NaN among the first 16 values (the vector pass), the
+        // infinity among the last 4.
+        let mut x = vec![0f32; 4 * k];
         x[k + 4] = f32::NAN;
         x[2 * k] = 1.0;
-        let got = product(&x, 3, k, &pack(&w, n, k), n, &scales, Some(&bias));
+        x[3 * k + 18] = f32::NEG_INFINITY;
+        let got = product(&x, 4, k, &pack(&w, n, k), n, &scales, Some(&bias));
         assert_eq!(&got[..3], &bias, "an all-zero row gives the bias");
         assert!(got[3..6].iter().all(|v| v.is_nan()), "{got:?}");
-        assert!(got[6..].iter().all(|v| v.is_finite()));
+        assert!(got[6..9].iter().all(|v| v.is_finite()));
+        assert!(got[9..].iter().all(|v| v.is_nan()), "{got:?}");
+        assert_eq!(finite_abs_max(&[1.0; 16].map(|v: f32| v * 2.0)), Some(2.0));
+        let mut big = [0.5f32; 32];
+        big[7] = f32::INFINITY;
+        assert_eq!(finite_abs_max(&big), None);
+        big[7] = -3.0;
+        assert_eq!(finite_abs_max(&big), Some(3.0));
     }
 
     #[test]
