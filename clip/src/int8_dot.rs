@@ -96,6 +96,11 @@ fn quantise_row(x: &[f32], q: &mut [i8]) -> (f32, i32) {
         return (0.0, 0);
     }
     let inv = 127.0 / max;
+    if !inv.is_finite() {
+        // Values below ~4e-37: codes of zero, as for an all-zero row.
+        q.fill(0);
+        return (0.0, 0);
+    }
     #[cfg(target_arch = "x86_64")]
     let (whole, mut sum) = {
         let whole = x.len() / 16 * 16;
@@ -137,6 +142,7 @@ fn quantise_value(v: f32, inv: f32) -> i8 {
     (v * inv).round_ties_even().clamp(-127.0, 127.0) as i8
 }
 
+/// Every row of `x` (`m` rows of `k`) quantised for the kernel.
 fn quantise(x: &[f32], m: usize, k: usize) -> QuantisedRows {
     let stride = k.div_ceil(4) * 4;
     let mut codes = vec![0i8; m * stride];
@@ -318,8 +324,10 @@ mod avx512 {
         for (s, d) in x.chunks_exact(16).zip(q.chunks_exact_mut(16)) {
             let v = _mm512_mul_ps(_mm512_loadu_ps(s.as_ptr()), scale);
             let v = _mm512_min_ps(_mm512_max_ps(v, lo), hi);
-            // The MXCSR default rounding: to nearest, ties to even.
-            let i = _mm512_cvtps_epi32(v);
+            // To nearest, ties to even (as `round_ties_even`), whatever
+            // the MXCSR rounding mode.
+            let i =
+                _mm512_cvt_roundps_epi32::<{ _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC }>(v);
             sum = _mm512_add_epi32(sum, i);
             _mm_storeu_si128(d.as_mut_ptr().cast(), _mm512_cvtepi32_epi8(i));
         }
@@ -503,6 +511,10 @@ mod tests {
         assert!(got[3..6].iter().all(|v| v.is_nan()), "{got:?}");
         assert!(got[6..9].iter().all(|v| v.is_finite()));
         assert!(got[9..].iter().all(|v| v.is_nan()), "{got:?}");
+        // A row too small for `127 / max` to be finite counts as zero.
+        let tiny = [1e-38f32; 20];
+        let got = product(&tiny, 1, k, &pack(&w, n, k), n, &scales, Some(&bias));
+        assert_eq!(got, bias);
         assert_eq!(finite_abs_max(&[1.0; 16].map(|v: f32| v * 2.0)), Some(2.0));
         let mut big = [0.5f32; 32];
         big[7] = f32::INFINITY;

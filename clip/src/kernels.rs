@@ -454,8 +454,9 @@ pub(crate) fn tiled_product(
 
 /// Rows per block when `m` rows are split into blocks of at most
 /// `max_block` for the threads: a whole number of blocks per thread, all
-/// the same size (one image's 50 rows in blocks of 48 left one thread with
-/// 48 rows and the other with 2).
+/// the same size but the last, which may be smaller by less than one row
+/// per block (one image's 50 rows in blocks of 48 left one thread with 48
+/// rows and the other with 2; now 25 and 25).
 pub(crate) fn balanced_row_block(m: usize, max_block: usize) -> usize {
     let threads = rayon::current_num_threads().max(1);
     let blocks = threads * m.div_ceil(threads * max_block.max(1));

@@ -120,7 +120,8 @@ pub fn softmax_last_dim(x: &Tensor) -> Result<Tensor> {
 pub struct Linear {
     weight: Tensor,
     bias: Option<Tensor>,
-    /// A reduced-precision copy of `weight` for few-row products (queries).
+    /// A reduced-precision copy of `weight`, used for every product without
+    /// a gradient on the CPU once set (see [`Linear::set_query_precision`]).
     query: Option<Arc<QueryWeights>>,
     /// On a GPU: a bf16 copy of `weight` for every product without a
     /// gradient (tensor cores; cuBLAS sums the products in f32).
@@ -159,6 +160,19 @@ impl Linear {
     /// a gradient (fp32 drops the copy). Only for detached weights: a
     /// trainable layer must not read a stale copy, so it is refused.
     pub fn set_query_precision(&mut self, precision: Precision) -> Result<()> {
+        self.set_copy(precision, true)
+    }
+
+    /// [`Linear::set_query_precision`] with a copy that keeps its inputs
+    /// f32 (never a dot-product layout, which rounds or quantises them):
+    /// for the projections after the final LayerNorm, one row per
+    /// embedding, where rounding the inputs would gain nothing and lose the
+    /// most (that LayerNorm's output is not smoothed).
+    pub(crate) fn set_query_precision_f32_inputs(&mut self, precision: Precision) -> Result<()> {
+        self.set_copy(precision, false)
+    }
+
+    fn set_copy(&mut self, precision: Precision, dot_products: bool) -> Result<()> {
         if self.weight.is_variable() {
             candle_core::bail!("reduced-precision weights are for inference, not training")
         }
@@ -172,7 +186,9 @@ impl Linear {
             };
             return Ok(());
         }
-        self.query = QueryWeights::new(&self.weight, self.bias.as_ref(), precision)?.map(Arc::new);
+        self.query =
+            QueryWeights::with_layout(&self.weight, self.bias.as_ref(), precision, dot_products)?
+                .map(Arc::new);
         Ok(())
     }
 
@@ -532,7 +548,7 @@ pub struct EncoderLayer {
 /// one fused pass over plain rows (see [`EncoderLayer::set_query_precision`]).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum FusedRows {
-    /// Inputs of at most [`FUSED_MAX_ROWS`] rows (a query), and only with
+    /// Inputs of at most 16 rows (a query), and only with
     /// copies that keep their inputs f32: the image tower, whose batches
     /// take the multi-threaded tensor path.
     #[default]
@@ -544,15 +560,17 @@ pub enum FusedRows {
     Any,
 }
 
-/// Inputs of at most this many rows (a query) take the fused block; larger
-/// ones the tensor path, whose attention is multi-threaded. (Fusing the
-/// server's batches of ~80 rows was measured: no gain, the products
-/// dominate.)
+/// With [`FusedRows::Few`] (the image tower), inputs of at most this many
+/// rows take the fused block; larger ones the tensor path, whose attention
+/// is multi-threaded. (Fusing the server's batches of ~80 rows was
+/// measured: no gain, the products dominate.) The text tower
+/// ([`FusedRows::Any`]) fuses every input.
 pub(crate) const FUSED_MAX_ROWS: usize = SMALL_M;
 
-/// One block on reduced-precision copies, run on plain rows for inputs of
-/// at most [`FUSED_MAX_ROWS`] rows: the same arithmetic as the tensor path (f32
-/// LayerNorm, softmax and activation), without a tensor per step.
+/// One block on reduced-precision copies, run on plain rows (for the inputs
+/// [`FusedRows`] names): the same operations as the tensor path (f32
+/// LayerNorm, softmax and activation; smoothed LayerNorms with int8
+/// dot-product copies), without a tensor per step.
 #[derive(Debug)]
 struct FusedBlock {
     ln1: PlainLayerNorm,
@@ -567,12 +585,13 @@ struct FusedBlock {
 }
 
 impl FusedBlock {
-    /// `None` unless every product of the block has a copy, and for
-    /// copies that round their inputs (bf16 dot products): this block's
-    /// attention and LayerNorm sum in another order than the tensor path's,
-    /// a difference of ~1e-7 that rounding an input to bf16 can turn into
-    /// ~1e-3, so a text or image would embed differently alone and in a
-    /// batch.
+    /// `None` unless every product of the block has a copy, and, with
+    /// [`FusedRows::Few`], for copies that round their inputs (bf16 or int8
+    /// dot products): this block's attention and LayerNorm sum in another
+    /// order than the tensor path's, a difference of ~1e-7 that rounding an
+    /// input can turn into ~1e-3, so an input would embed differently
+    /// alone (fused) and in a batch (tensor path). With [`FusedRows::Any`]
+    /// every input is fused, so the question does not arise.
     fn new(layer: &EncoderLayer, rows: FusedRows) -> Result<Option<Self>> {
         let a = &layer.self_attn;
         let (Qkv::Fused(qkv), m) = (&a.qkv, &layer.mlp) else {
@@ -765,9 +784,12 @@ impl EncoderLayer {
     /// whole block as one fused pass over plain rows instead of ~20 tensor
     /// operations.
     pub fn set_query_precision(&mut self, precision: Precision, rows: FusedRows) -> Result<usize> {
+        // Cleared first: a failure below must not leave smoothed norms or a
+        // fused block beside copies they do not match.
+        self.smoothed_norms = None;
+        self.fused = None;
         let mut bytes = self.self_attn.set_query_precision(precision)?
             + self.mlp.set_query_precision(precision)?;
-        self.smoothed_norms = None;
         // int8 dot-product copies of the products the LayerNorms feed are
         // smoothed, and the LayerNorms rescaled to match (see `smoothed`).
         if let Qkv::Fused(qkv) = &mut self.self_attn.qkv {

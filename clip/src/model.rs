@@ -48,7 +48,8 @@ impl ClipModel {
     /// No check against fp32 is made here ([`crate::Clip`] makes one).
     pub fn set_query_precision(&mut self, precision: Precision) -> Result<usize> {
         let bytes = self.text_model.set_query_precision(precision)?;
-        self.text_projection.set_query_precision(precision)?;
+        self.text_projection
+            .set_query_precision_f32_inputs(precision)?;
         // A GPU's reduced precision is bf16 (see `Linear::set_query_precision`).
         self.query_precision = match precision {
             _ if self.logit_scale.device().is_cpu() => precision.resolve(),
@@ -60,12 +61,12 @@ impl ClipModel {
 
     /// Makes the image tower (inference only) read reduced-precision copies
     /// of its weights (the same packed copies as the text tower's); returns
-    /// their bytes. Measured by the model benchmark; the indexer does not
-    /// use it yet, because every embedding in a library must be made the
-    /// same way and the library does not record a precision.
+    /// their bytes. No check against fp32 is made here ([`crate::Clip`]
+    /// makes one, on probe images).
     pub fn set_image_precision(&mut self, precision: Precision) -> Result<usize> {
         let bytes = self.vision_model.set_precision(precision)?;
-        self.visual_projection.set_query_precision(precision)?;
+        self.visual_projection
+            .set_query_precision_f32_inputs(precision)?;
         Ok(bytes + self.visual_projection.query_bytes())
     }
 

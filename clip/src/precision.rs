@@ -13,7 +13,10 @@
 //! On CPUs with bf16 dot products (AVX512_BF16) a bf16 copy is packed for
 //! `vdpbf16ps` instead ([`crate::bf16_dot`]): the inputs are rounded to
 //! bf16 too and each instruction does twice an f32 FMA's multiply-adds,
-//! which speeds up image batches as well as queries. Elsewhere image
+//! which speeds up image batches as well as queries. On CPUs with int8 dot
+//! products (AVX512_VNNI) an int8 copy is packed for `vpdpbusd`
+//! ([`crate::int8_dot`]): each input row is quantised to int8 too, and each
+//! instruction does four times an f32 FMA's multiply-adds. Elsewhere image
 //! batches are bound by f32 arithmetic and the copies save only memory.
 
 use std::fmt;
@@ -31,8 +34,9 @@ pub enum Precision {
     Fp32,
     /// bf16 weights (round to nearest even), f32 arithmetic.
     Bf16,
-    /// int8 weights with an f32 scale per output row (absmax / 127), f32
-    /// arithmetic.
+    /// int8 weights with an f32 scale per output row (absmax / 127): f32
+    /// arithmetic, or on CPUs with AVX512_VNNI int8 dot products with each
+    /// input row quantised to int8 as well (exact integer sums).
     Int8,
     /// The fastest of the above on this CPU that keeps embeddings within
     /// tolerance of fp32 (cosine ≥ 0.999): see [`Precision::resolve`].
@@ -154,7 +158,7 @@ impl QueryWeights {
     /// [`QueryWeights::new`], packing for the dot-product kernels (bf16
     /// and int8) only if `dot_products` and the CPU has them: the tests run
     /// both layouts on a CPU that has them.
-    fn with_layout(
+    pub(crate) fn with_layout(
         weight: &Tensor,
         bias: Option<&Tensor>,
         precision: Precision,
@@ -228,7 +232,7 @@ impl QueryWeights {
         }))
     }
 
-    /// Whether products round their inputs too (bf16 dot products), so
+    /// Whether products round their inputs too (bf16 or int8 dot products), so
     /// that an f32 difference far below tolerance upstream can move an
     /// input across a rounding boundary: such copies must see the same
     /// upstream arithmetic whatever the batch (see `FusedBlock`).

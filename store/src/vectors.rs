@@ -307,6 +307,7 @@ pub(crate) struct QueryDot<'a> {
 }
 
 impl<'a> QueryDot<'a> {
+    /// Prepares `query` (once per scan).
     pub(crate) fn new(query: &'a [f32]) -> Self {
         Self {
             query,
@@ -352,7 +353,7 @@ fn fixed_point_query(query: &[f32]) -> Option<(Vec<i16>, f32)> {
             && std::arch::is_x86_feature_detected!("avx512bw")
             && std::arch::is_x86_feature_detected!("avx512vnni");
         let max = query.iter().fold(0f32, |m, x| m.max(x.abs()));
-        if !has || max == 0.0 || !max.is_finite() {
+        if !has || max == 0.0 || query.iter().any(|x| !x.is_finite()) {
             return None;
         }
         // |Σ q·c| ≤ len · Q · 128 must fit an i32.
@@ -416,7 +417,9 @@ unsafe fn dot_i16_avx512(q: &[i16], codes: &[i8]) -> i32 {
             } else {
                 (1u32 << left) - 1
             };
-            let c = _mm512_cvtepi8_epi16(_mm256_maskz_loadu_epi8(mask, pc.add(i).cast()));
+            // A 512-bit masked load (AVX512BW alone), of which the low half.
+            let bytes = _mm512_maskz_loadu_epi8(u64::from(mask), pc.add(i).cast());
+            let c = _mm512_cvtepi8_epi16(_mm512_castsi512_si256(bytes));
             let x = _mm512_maskz_loadu_epi16(mask, pq.add(i).cast());
             acc[0] = _mm512_dpwssd_epi32(acc[0], x, c);
             i += left;
