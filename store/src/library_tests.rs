@@ -103,7 +103,7 @@ fn commit_assigns_ids_and_indexes_paths_and_hashes() {
     assert_eq!(lib.embedding(2).unwrap().unwrap(), vec![0.0, 1.0]);
     let hits = lib.search(&request(unit(vec![0.1, 1.0]), 5)).unwrap().hits;
     assert_eq!(hits.iter().map(|h| h.id).collect::<Vec<_>>(), vec![2, 1]);
-    assert!(lib.verify().unwrap().is_none());
+    assert_eq!(lib.verify().unwrap(), None);
 }
 
 #[test]
@@ -148,7 +148,7 @@ fn moving_editing_and_removing_keep_everything_consistent() {
     // One of three points was a tombstone: past the threshold, so the
     // graph was rebuilt with the two live vectors before it was saved.
     assert_eq!(lib.graph_points().unwrap(), (2, 2));
-    assert!(lib.verify().unwrap().is_none());
+    assert_eq!(lib.verify().unwrap(), None);
     let hits = lib.search(&request(unit(vec![0.0, 1.0]), 5)).unwrap().hits;
     assert_eq!(hits.iter().map(|h| h.id).collect::<Vec<_>>(), vec![3, 1]);
 }
