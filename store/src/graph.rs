@@ -133,8 +133,20 @@ impl VectorGraph {
             .max()
             .unwrap_or(0)
             .max(self.max_vid);
+        // Into an empty graph the first point goes alone: hnsw_rs sets its
+        // entry point after a point is generated, so two points inserted
+        // at once into an empty graph can both find no entry point and be
+        // left unlinked (seen as a flaky `verify` of a two-photo library).
+        let rest = if self.points == 0 {
+            self.hnsw.insert_slice(new[0]);
+            &new[1..]
+        } else {
+            &new[..]
+        };
         self.points += new.len();
-        self.hnsw.parallel_insert_slice(&new);
+        if !rest.is_empty() {
+            self.hnsw.parallel_insert_slice(&rest.to_vec());
+        }
         self.dirty = true;
     }
 
