@@ -52,6 +52,20 @@ mod reference_tests;
 mod test_util {
     use candle_core::Tensor;
 
+    /// Deterministic values in [-1, 1) (xorshift of `seed`), for the
+    /// kernels' tests.
+    pub fn values(n: usize, seed: u64) -> Vec<f32> {
+        let mut s = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+        (0..n)
+            .map(|_| {
+                s ^= s << 13;
+                s ^= s >> 7;
+                s ^= s << 17;
+                (s >> 40) as f32 / (1u64 << 23) as f32 - 1.0
+            })
+            .collect()
+    }
+
     /// Largest absolute element-wise difference of two same-shaped tensors.
     pub fn max_abs_diff(a: &Tensor, b: &Tensor) -> f32 {
         (a - b)
