@@ -15,7 +15,12 @@
 //!   measured just before; the same with `--exact-decode` (every JPEG at
 //!   full size); and, for the JPEGs the default run reduces while decoding,
 //!   how far their preprocessed pixels and embeddings are from the
-//!   full-size decode's (`reduced_decoding`);
+//!   full-size decode's (`reduced_decoding`); and the CPU budget: what the
+//!   readers do besides the model (read, hash, decode, pixels, thumbnail)
+//!   in CPU seconds on one thread next to the model's CPU seconds, the best
+//!   ratio to the model alone that this machine's cores allow when the
+//!   model keeps them all busy, and how close the run came to it
+//!   (`cpu_budget`);
 //! - `memory`: RAM per photo of the N-photo library once loaded for search;
 //! - `baseline`: one large f32 matmul's GFLOP/s in the same run, because
 //!   this shared machine is noisy and machines differ.
@@ -299,9 +304,9 @@ fn query_latency(clip: &mut Clip, library: &mut Library, quick: bool) -> Value {
     json!({"text": query, "tokens": tokens, "top_k": 10, "by_precision": by_precision})
 }
 
-/// `glimpse index`'s pipeline on `photos` with `clip` (default options:
-/// image precision `auto` = fp32 here), next to the model alone at the
-/// indexer's batch size measured just before.
+/// `glimpse index`'s pipeline on `photos` with `clip` (default options, the
+/// model at its image precision), next to the model alone at the indexer's
+/// batch size measured just before.
 fn indexing(clip: &Clip, photos: &Path, quick: bool) -> Value {
     let batch = support::index_options(photos).batch_size;
     let s = clip.config().vision_config.image_size;
@@ -332,6 +337,21 @@ fn indexing(clip: &Clip, photos: &Path, quick: bool) -> Value {
     );
     report.insert("exact_decode".into(), exact_report.into());
     report.insert("reduced_decoding".into(), reduced_decoding(clip, photos));
+    // What two cores allow: the model alone keeps every thread busy, so the
+    // readers' CPU time comes out of the model's.
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get()) as f64;
+    let model_cpu = run.indexed as f64 / model_rate * threads;
+    let reading_cpu = reading_cpu_seconds(clip, photos);
+    let bound = model_cpu / (model_cpu + reading_cpu);
+    report.insert(
+        "cpu_budget".into(),
+        json!({
+            "reading_cpu_seconds": reading_cpu,
+            "model_cpu_seconds": model_cpu,
+            "bound_over_model_alone": bound,
+            "measured_over_bound": embedded_per_s / model_rate / bound,
+        }),
+    );
     report.insert("photos".into(), json!(photos.display().to_string()));
     report.insert("embedded_images_per_s".into(), json!(embedded_per_s));
     report.insert("model_alone_images_per_s".into(), json!(model_rate));
@@ -341,6 +361,48 @@ fn indexing(clip: &Clip, photos: &Path, quick: bool) -> Value {
         json!(embedded_per_s / model_rate),
     );
     report.into()
+}
+
+/// The CPU seconds, on one thread, of what the indexer's readers do for
+/// every file under `photos` besides the model: read, metadata and hash,
+/// decode (large JPEGs reduced), model-input pixels and thumbnail. Median
+/// of three passes.
+fn reading_cpu_seconds(clip: &Clip, photos: &Path) -> f64 {
+    let cfg = clip.preprocess();
+    let options = support::index_options(photos);
+    let paths: Vec<PathBuf> = glimpse_indexer::Walker::new(options.walk.clone())
+        .unwrap()
+        .flatten()
+        .map(|entry| entry.path)
+        .collect();
+    let mut passes: Vec<f64> = (0..3)
+        .map(|_| {
+            let start = support::thread_cpu_seconds();
+            for path in &paths {
+                let Ok(bytes) = std::fs::read(path) else {
+                    continue;
+                };
+                let meta = glimpse_indexer::read_metadata_bytes(
+                    &bytes,
+                    std::time::SystemTime::UNIX_EPOCH,
+                    None,
+                );
+                let decoded = match options.jpeg_min_side(cfg) {
+                    Some(min_side) => glimpse_decoder::decode_bytes_reduced(&bytes, cfg, min_side),
+                    None => glimpse_decoder::decode_bytes(&bytes, cfg),
+                };
+                if let Ok(decoded) = decoded {
+                    let pixels = glimpse_decoder::to_pixels(&decoded.rgb, cfg);
+                    let thumbnail =
+                        glimpse_indexer::make_thumbnail(&decoded.rgb, options.thumbnail_side);
+                    std::hint::black_box((pixels, thumbnail.ok()));
+                }
+                std::hint::black_box(meta);
+            }
+            support::thread_cpu_seconds() - start
+        })
+        .collect();
+    median(&mut passes)
 }
 
 /// For every JPEG under `photos` that `glimpse index` reduces while decoding

@@ -69,6 +69,15 @@ pub fn status_kb(field: &str) -> u64 {
         .unwrap_or(0)
 }
 
+/// CPU time of the calling thread so far, in seconds (Linux
+/// `/proc/thread-self/schedstat`, nanosecond resolution; 0 elsewhere).
+pub fn thread_cpu_seconds() -> f64 {
+    std::fs::read_to_string("/proc/thread-self/schedstat")
+        .ok()
+        .and_then(|s| s.split_whitespace().next()?.parse::<u64>().ok())
+        .map_or(0.0, |ns| ns as f64 * 1e-9)
+}
+
 /// A deterministic pseudo-random generator.
 pub struct Rng(pub u64);
 impl Rng {

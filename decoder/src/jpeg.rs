@@ -178,6 +178,28 @@ impl<'a> Bits<'a> {
     /// marker, where reading stops.
     #[inline]
     fn fill(&mut self) {
+        // Fast path: when the next 8 bytes hold no 0xFF (no stuffing, no
+        // marker), take as many whole bytes as fit at once.
+        if !self.stopped {
+            if let Some(word) = self
+                .data
+                .get(self.pos..self.pos + 8)
+                .and_then(|c| <[u8; 8]>::try_from(c).ok())
+                .map(u64::from_be_bytes)
+            {
+                const ONES: u64 = 0x0101_0101_0101_0101;
+                let inverted = !word;
+                let has_ff = inverted.wrapping_sub(ONES) & !inverted & (ONES << 7) != 0;
+                if !has_ff && self.n <= 56 {
+                    let take = (64 - self.n) / 8;
+                    let bits = 8 * take;
+                    self.acc |= (word >> (64 - bits)) << (64 - self.n - bits);
+                    self.n += bits;
+                    self.pos += take as usize;
+                    return;
+                }
+            }
+        }
         while self.n <= 56 {
             let mut byte = 0u8;
             if !self.stopped {
@@ -318,6 +340,54 @@ fn extend(v: u32, s: u32) -> i32 {
         v as i32 + ((-1i32) << s) + 1
     } else {
         v as i32
+    }
+}
+
+/// jdphuff.c's correction bit for a coefficient already nonzero: `p1` is
+/// `1 << al`, `m1` is `-1 << al`.
+#[inline(always)]
+fn refine_coefficient(bits: &mut Bits<'_>, v: &mut i16, p1: i16, m1: i16) {
+    if bits.bit() && (*v & p1) == 0 {
+        *v = if *v >= 0 {
+            v.wrapping_add(p1)
+        } else {
+            v.wrapping_add(m1)
+        };
+    }
+}
+
+/// Bits `from..=to` set (`from <= to <= 63`).
+#[inline]
+fn bit_range(from: usize, to: usize) -> u64 {
+    (u64::MAX >> (63 - to)) & (u64::MAX << from)
+}
+
+/// Bit `k` set where `coef[k] != 0`.
+#[inline]
+fn nonzero_mask(coef: &[i16; 64]) -> u64 {
+    #[cfg(target_arch = "x86_64")]
+    {
+        use std::arch::x86_64::*;
+        // SSE2 is part of x86_64.
+        let mut mask = 0u64;
+        let zero = unsafe { _mm_setzero_si128() };
+        for (i, pair) in coef.chunks_exact(16).enumerate() {
+            // SAFETY: `pair` holds 16 i16 = two unaligned 16-byte loads.
+            let bytes = unsafe {
+                let lo = _mm_loadu_si128(pair.as_ptr().cast());
+                let hi = _mm_loadu_si128(pair.as_ptr().add(8).cast());
+                let eq = _mm_packs_epi16(_mm_cmpeq_epi16(lo, zero), _mm_cmpeq_epi16(hi, zero));
+                _mm_movemask_epi8(eq) as u32 as u64
+            };
+            mask |= (!bytes & 0xFFFF) << (16 * i);
+        }
+        mask
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        coef.iter()
+            .enumerate()
+            .fold(0, |m, (k, &c)| m | (u64::from(c != 0) << k))
     }
 }
 
@@ -610,7 +680,8 @@ struct Component {
     size: usize,
     /// Samples, `bw_alloc * size` per row.
     plane: Vec<u8>,
-    /// Progressive only: coefficients, 64 per block, row-major blocks.
+    /// Progressive only: coefficients, 64 per block in zigzag order (so a
+    /// scan's band is contiguous), row-major blocks.
     coefs: Vec<i16>,
     dc_pred: i32,
     dc_table: usize,
@@ -896,30 +967,37 @@ impl Decoder {
             (self.mcus_x, self.mcus_y)
         };
         let mut todo = self.restart_interval;
-        let total = mx * my;
-        for m in 0..total {
-            if self.restart_interval > 0 {
-                if todo == 0 {
-                    bits.restart()?;
-                    for &ci in &members {
-                        self.comps[ci].dc_pred = 0;
+        // An AC first scan of a progressive JPEG skips the blocks of an end-
+        // of-band run without reading anything.
+        let ac_first = self.progressive && ss > 0 && ah == 0;
+        for mcu_y in 0..my {
+            for mcu_x in 0..mx {
+                if self.restart_interval > 0 {
+                    if todo == 0 {
+                        bits.restart()?;
+                        for &ci in &members {
+                            self.comps[ci].dc_pred = 0;
+                        }
+                        self.eobrun = 0;
+                        todo = self.restart_interval;
                     }
-                    self.eobrun = 0;
-                    todo = self.restart_interval;
+                    todo -= 1;
                 }
-                todo -= 1;
-            }
-            let (mcu_x, mcu_y) = (m % mx, m / mx);
-            for &ci in &members {
-                let (h, v) = if single {
-                    (1, 1)
-                } else {
-                    (self.comps[ci].h, self.comps[ci].v)
-                };
-                for by in 0..v {
-                    for bx in 0..h {
-                        let (row, col) = (mcu_y * v + by, mcu_x * h + bx);
-                        self.block(&mut bits, ci, row, col, (ss, se, ah, al))?;
+                if single {
+                    if ac_first && self.eobrun > 0 {
+                        self.eobrun -= 1;
+                        continue;
+                    }
+                    self.block(&mut bits, members[0], mcu_y, mcu_x, (ss, se, ah, al))?;
+                    continue;
+                }
+                for &ci in &members {
+                    let (h, v) = (self.comps[ci].h, self.comps[ci].v);
+                    for by in 0..v {
+                        for bx in 0..h {
+                            let (row, col) = (mcu_y * v + by, mcu_x * h + bx);
+                            self.block(&mut bits, ci, row, col, (ss, se, ah, al))?;
+                        }
                     }
                 }
             }
@@ -1012,7 +1090,7 @@ impl Decoder {
                 if s != 0 {
                     k += r as usize;
                     let v = extend(bits.bits(s), s);
-                    coef[NATURAL_ORDER[k]] = v.wrapping_shl(al) as i16;
+                    coef[k.min(63)] = v.wrapping_shl(al) as i16;
                 } else if r == 15 {
                     k += 15;
                 } else {
@@ -1027,23 +1105,30 @@ impl Decoder {
             }
             return Ok(());
         }
-        // jdphuff.c decode_mcu_AC_refine.
+        // jdphuff.c decode_mcu_AC_refine, with the walk over the band done on
+        // a bitmask of the coefficients already nonzero instead of one
+        // coefficient at a time (the same bits are read in the same order).
         let p1 = (1i32 << al) as i16;
         let m1 = ((-1i32) << al) as i16;
-        let refine = |bits: &mut Bits<'_>, v: &mut i16| {
-            if bits.bit() && (*v & p1) == 0 {
-                *v = if *v >= 0 {
-                    v.wrapping_add(p1)
-                } else {
-                    v.wrapping_add(m1)
-                };
-            }
-        };
+        let refine = |bits: &mut Bits<'_>, v: &mut i16| refine_coefficient(bits, v, p1, m1);
+        let coef: &mut [i16; 64] = coef.try_into().map_err(|_| "internal")?;
+        // Refining keeps a nonzero coefficient nonzero, so the mask only
+        // changes where a new coefficient is set.
+        let mut nonzero = nonzero_mask(coef);
+        let band = bit_range(ss, se);
+        let refine_between =
+            |bits: &mut Bits<'_>, coef: &mut [i16; 64], from: usize, to: usize, nonzero: u64| {
+                let mut todo = nonzero & bit_range(from, to);
+                while todo != 0 {
+                    refine(bits, &mut coef[todo.trailing_zeros() as usize]);
+                    todo &= todo - 1;
+                }
+            };
         let mut k = ss;
         if self.eobrun == 0 {
             while k <= se {
                 let rs = bits.decode(ac)?;
-                let mut r = i32::from(rs >> 4);
+                let r = u32::from(rs >> 4);
                 let s = rs & 15;
                 let mut newval = 0i16;
                 if s != 0 {
@@ -1051,35 +1136,36 @@ impl Decoder {
                 } else if r != 15 {
                     self.eobrun = 1 << r;
                     if r != 0 {
-                        self.eobrun += bits.bits(r as u32);
+                        self.eobrun += bits.bits(r);
                     }
                     break;
                 }
-                while k <= se {
-                    let z = NATURAL_ORDER[k];
-                    if coef[z] != 0 {
-                        refine(bits, &mut coef[z]);
-                    } else {
-                        r -= 1;
-                        if r < 0 {
-                            break;
-                        }
-                    }
-                    k += 1;
+                // Refine the nonzero coefficients up to the (r+1)-th zero one
+                // from k, which is where k stops (past the band if none).
+                let mut zeros = !nonzero & band & bit_range(k, 63);
+                for _ in 0..r {
+                    zeros &= zeros.wrapping_sub(1);
                 }
+                let stop = if zeros == 0 {
+                    se + 1
+                } else {
+                    zeros.trailing_zeros() as usize
+                };
+                if stop > k {
+                    refine_between(bits, coef, k, stop - 1, nonzero);
+                }
+                k = stop;
                 if newval != 0 {
-                    coef[NATURAL_ORDER[k]] = newval;
+                    let z = k.min(63);
+                    coef[z] = newval;
+                    nonzero |= 1 << z;
                 }
                 k += 1;
             }
         }
         if self.eobrun > 0 {
-            while k <= se {
-                let z = NATURAL_ORDER[k];
-                if coef[z] != 0 {
-                    refine(bits, &mut coef[z]);
-                }
-                k += 1;
+            if k <= se {
+                refine_between(bits, coef, k, se, nonzero);
             }
             self.eobrun -= 1;
         }
@@ -1098,11 +1184,14 @@ impl Decoder {
                 let Some(q) = c.qt else { continue };
                 let n = c.size;
                 let stride = c.bw_alloc * n;
-                for (b, coef) in c.coefs.chunks_exact(64).enumerate() {
-                    let coef: &[i16; 64] = coef.try_into().map_err(|_| "internal")?;
+                let mut natural = [0i16; 64];
+                for (b, zigzag) in c.coefs.chunks_exact(64).enumerate() {
+                    for (&v, &z) in zigzag.iter().zip(&NATURAL_ORDER) {
+                        natural[z] = v;
+                    }
                     let (row, col) = (b / c.bw_alloc, b % c.bw_alloc);
                     let at = row * n * stride + col * n;
-                    idct_sized(coef, &q, &mut c.plane[at..], stride, n);
+                    idct_sized(&natural, &q, &mut c.plane[at..], stride, n);
                 }
                 c.coefs = Vec::new();
             }
@@ -1442,6 +1531,81 @@ mod tests {
         // 9 variants big enough for all three reductions, 1 (3x2) for 1/2.
         assert_eq!(n, 28);
         assert!(decode_reduced(&[0xFF, 0xD8], 3).is_err());
+    }
+
+    /// The bit reader returns the entropy-coded bytes with stuffing
+    /// removed, then zeros from the marker on, whether it refills eight
+    /// bytes at a time (no 0xFF ahead) or one at a time.
+    #[test]
+    fn bit_reader_unstuffs_bytes_and_stops_at_a_marker() {
+        let mut state = 12345u32;
+        let mut next = || {
+            state = state.wrapping_mul(1_103_515_245).wrapping_add(12345);
+            (state >> 16) as u8
+        };
+        for stuffed_every in [3usize, 17, 1000] {
+            // Payload bytes, each 0xFF written as 0xFF 0x00 (sometimes after
+            // 0xFF fill bytes), then an EOI marker.
+            let payload: Vec<u8> = (0..400)
+                .map(|i| if i % stuffed_every == 0 { 0xFF } else { next() })
+                .collect();
+            let mut data = Vec::new();
+            for (i, &b) in payload.iter().enumerate() {
+                if b == 0xFF {
+                    if i % 2 == 0 {
+                        data.push(0xFF);
+                    }
+                    data.extend([0xFF, 0x00]);
+                } else {
+                    data.push(b);
+                }
+            }
+            data.extend([0xFF, 0xD9]);
+            let expected: Vec<bool> = payload
+                .iter()
+                .flat_map(|&b| (0..8).rev().map(move |i| b >> i & 1 == 1))
+                .chain(std::iter::repeat_n(false, 40))
+                .collect();
+            let mut bits = Bits::new(&data, 0);
+            let mut at = 0;
+            for width in (1..=16).cycle().take(expected.len()) {
+                if at + width > expected.len() {
+                    break;
+                }
+                let want = expected[at..at + width]
+                    .iter()
+                    .fold(0u32, |v, &b| v << 1 | u32::from(b));
+                assert_eq!(
+                    bits.bits(width as u32),
+                    want,
+                    "bit {at}, every {stuffed_every}"
+                );
+                at += width;
+            }
+            assert!(bits.overran());
+            assert_eq!(data[bits.pos..], [0xFF, 0xD9], "left on the marker");
+        }
+    }
+
+    #[test]
+    fn coefficient_masks_match_their_definition() {
+        assert_eq!(bit_range(0, 63), u64::MAX);
+        assert_eq!(bit_range(1, 5), 0b11_1110);
+        assert_eq!(bit_range(63, 63), 1 << 63);
+        let mut coef = [0i16; 64];
+        for (k, c) in coef.iter_mut().enumerate() {
+            *c = match k % 7 {
+                0 => 0,
+                1 => -1,
+                2 => i16::MIN,
+                3 => 0,
+                _ => (k * 31) as i16,
+            };
+        }
+        coef[63] = 5;
+        let expected = (0..64).fold(0u64, |m, k| m | u64::from(coef[k] != 0) << k);
+        assert_eq!(nonzero_mask(&coef), expected);
+        assert_eq!(nonzero_mask(&[0; 64]), 0);
     }
 
     #[test]
