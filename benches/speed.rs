@@ -12,7 +12,7 @@
 //! - `indexing`: `glimpse index`'s pipeline (walk, read, decode, resize,
 //!   embed, thumbnails, commits) on the shared photos, files/s and
 //!   embedded images/s, next to the model alone at the indexer's batch size
-//!   measured just before; the same with `--exact-decode` (every JPEG at
+//!   (median of runs just before and just after); the same with `--exact-decode` (every JPEG at
 //!   full size); and, for the JPEGs the default run reduces while decoding,
 //!   how far their preprocessed pixels and embeddings are from the
 //!   full-size decode's (`reduced_decoding`); and the CPU budget: what the
@@ -306,26 +306,33 @@ fn query_latency(clip: &mut Clip, library: &mut Library, quick: bool) -> Value {
 
 /// `glimpse index`'s pipeline on `photos` with `clip` (default options, the
 /// model at its image precision), next to the model alone at the indexer's
-/// batch size measured just before.
+/// batch size measured just before and just after.
 fn indexing(clip: &Clip, photos: &Path, quick: bool) -> Value {
     let batch = support::index_options(photos).batch_size;
     let s = clip.config().vision_config.image_size;
     let pixels = Tensor::randn(0f32, 1.0, (batch, 3, s, s), &Device::Cpu).unwrap();
     clip.model().image_features(&pixels).unwrap();
-    let mut rates: Vec<f64> = (0..if quick { 2 } else { 5 })
-        .map(|_| {
-            let t = Instant::now();
-            clip.model().image_features(&pixels).unwrap();
-            batch as f64 / t.elapsed().as_secs_f64()
-        })
-        .collect();
-    let model_rate = median(&mut rates);
+    // The model alone is timed before and after the indexing runs (this
+    // machine's speed drifts by tens of percent between windows of a few
+    // seconds); the median of both sets is the reference rate.
+    let model_alone = || -> Vec<f64> {
+        (0..if quick { 2 } else { 5 })
+            .map(|_| {
+                let t = Instant::now();
+                clip.model().image_features(&pixels).unwrap();
+                batch as f64 / t.elapsed().as_secs_f64()
+            })
+            .collect()
+    };
+    let mut rates = model_alone();
     let run = &support::index_photos(clip, photos, 1)[0];
     let exact_options = glimpse_indexer::IndexOptions {
         reduce_large_jpegs: false,
         ..support::index_options(photos)
     };
     let exact = &support::index_photos_with(clip, &exact_options, 1)[0];
+    rates.extend(model_alone());
+    let model_rate = median(&mut rates);
     let embedded_per_s = run.indexed as f64 / run.seconds;
     let mut report = support::index_report(run);
     let exact_per_s = exact.indexed as f64 / exact.seconds;
