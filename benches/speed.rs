@@ -17,10 +17,10 @@
 //!   how far their preprocessed pixels and embeddings are from the
 //!   full-size decode's (`reduced_decoding`); and the CPU budget: what the
 //!   readers do besides the model (read, hash, decode, pixels, thumbnail)
-//!   in CPU seconds on one thread next to the model's CPU seconds, the best
-//!   ratio to the model alone that this machine's cores allow when the
-//!   model keeps them all busy, and how close the run came to it
-//!   (`cpu_budget`);
+//!   in CPU seconds on one thread, next to the process's CPU seconds while
+//!   the model runs alone (both for the images the run embedded), the
+//!   estimated best ratio to the model alone that this machine's cores
+//!   allow, and how close the run came to it (`cpu_budget`);
 //! - `memory`: RAM per photo of the N-photo library once loaded for search;
 //! - `baseline`: one large f32 matmul's GFLOP/s in the same run, because
 //!   this shared machine is noisy and machines differ.
@@ -314,15 +314,24 @@ fn indexing(clip: &Clip, photos: &Path, quick: bool) -> Value {
     clip.model().image_features(&pixels).unwrap();
     // The model alone is timed before and after the indexing runs (this
     // machine's speed drifts by tens of percent between windows of a few
-    // seconds); the median of both sets is the reference rate.
-    let model_alone = || -> Vec<f64> {
-        (0..if quick { 2 } else { 5 })
+    // seconds); the median of both sets is the reference rate. The
+    // process's CPU time over these runs is what the model alone uses.
+    let mut model_images = 0usize;
+    let mut model_cpu = Some(0.0);
+    let mut model_alone = || -> Vec<f64> {
+        let cpu = support::process_cpu_seconds();
+        let rates = (0..if quick { 2 } else { 5 })
             .map(|_| {
                 let t = Instant::now();
                 clip.model().image_features(&pixels).unwrap();
+                model_images += batch;
                 batch as f64 / t.elapsed().as_secs_f64()
             })
-            .collect()
+            .collect();
+        model_cpu = model_cpu
+            .zip(cpu.zip(support::process_cpu_seconds()))
+            .map(|(total, (before, after))| total + after - before);
+        rates
     };
     let mut rates = model_alone();
     let run = &support::index_photos(clip, photos, 1)[0];
@@ -344,19 +353,25 @@ fn indexing(clip: &Clip, photos: &Path, quick: bool) -> Value {
     );
     report.insert("exact_decode".into(), exact_report.into());
     report.insert("reduced_decoding".into(), reduced_decoding(clip, photos));
-    // What two cores allow: the model alone keeps every thread busy, so the
-    // readers' CPU time comes out of the model's.
-    let threads = std::thread::available_parallelism().map_or(1, |n| n.get()) as f64;
-    let model_cpu = run.indexed as f64 / model_rate * threads;
-    let reading_cpu = reading_cpu_seconds(clip, photos);
-    let bound = model_cpu / (model_cpu + reading_cpu);
+    // What these cores allow (an estimate): the readers' work fits in the
+    // CPU time the model alone leaves idle, or else the run takes at least
+    // (model's CPU + readers' CPU) / cores.
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get()) as f64;
+    let model_cpu = model_cpu.map(|total| total / model_images as f64 * run.indexed as f64);
+    let model_wall = run.indexed as f64 / model_rate;
+    let reading_cpu = reading_cpu_seconds(clip, photos, quick);
+    let bound = model_cpu
+        .zip(reading_cpu)
+        .map(|(model, reading)| (cores * model_wall / (model + reading)).min(1.0));
     report.insert(
         "cpu_budget".into(),
         json!({
+            "cores": cores,
             "reading_cpu_seconds": reading_cpu,
             "model_cpu_seconds": model_cpu,
+            "model_wall_seconds": model_wall,
             "bound_over_model_alone": bound,
-            "measured_over_bound": embedded_per_s / model_rate / bound,
+            "measured_over_bound": bound.map(|b| embedded_per_s / model_rate / b),
         }),
     );
     report.insert("photos".into(), json!(photos.display().to_string()));
@@ -372,44 +387,44 @@ fn indexing(clip: &Clip, photos: &Path, quick: bool) -> Value {
 
 /// The CPU seconds, on one thread, of what the indexer's readers do for
 /// every file under `photos` besides the model: read, metadata and hash,
-/// decode (large JPEGs reduced), model-input pixels and thumbnail. Median
-/// of three passes.
-fn reading_cpu_seconds(clip: &Clip, photos: &Path) -> f64 {
+/// decode (large JPEGs reduced), model-input pixels and thumbnail; files of
+/// formats the indexer skips are only read and hashed, as there. Median of
+/// three passes (one with `--quick`); `None` where the thread's CPU time
+/// cannot be read.
+fn reading_cpu_seconds(clip: &Clip, photos: &Path, quick: bool) -> Option<f64> {
     let cfg = clip.preprocess();
     let options = support::index_options(photos);
-    let paths: Vec<PathBuf> = glimpse_indexer::Walker::new(options.walk.clone())
-        .unwrap()
-        .flatten()
-        .map(|entry| entry.path)
-        .collect();
-    let mut passes: Vec<f64> = (0..3)
-        .map(|_| {
-            let start = support::thread_cpu_seconds();
-            for path in &paths {
-                let Ok(bytes) = std::fs::read(path) else {
-                    continue;
-                };
-                let meta = glimpse_indexer::read_metadata_bytes(
-                    &bytes,
-                    std::time::SystemTime::UNIX_EPOCH,
-                    None,
-                );
-                let decoded = match options.jpeg_min_side(cfg) {
-                    Some(min_side) => glimpse_decoder::decode_bytes_reduced(&bytes, cfg, min_side),
-                    None => glimpse_decoder::decode_bytes(&bytes, cfg),
-                };
-                if let Ok(decoded) = decoded {
-                    let pixels = glimpse_decoder::to_pixels(&decoded.rgb, cfg);
-                    let thumbnail =
-                        glimpse_indexer::make_thumbnail(&decoded.rgb, options.thumbnail_side);
-                    std::hint::black_box((pixels, thumbnail.ok()));
-                }
-                std::hint::black_box(meta);
+    let entries: Vec<glimpse_indexer::WalkEntry> =
+        glimpse_indexer::Walker::new(options.walk.clone())
+            .unwrap()
+            .flatten()
+            .collect();
+    let mut passes = Vec::new();
+    for _ in 0..if quick { 1 } else { 3 } {
+        let start = support::thread_cpu_seconds()?;
+        for entry in &entries {
+            let Ok(bytes) = std::fs::read(&entry.path) else {
+                continue;
+            };
+            let meta = glimpse_indexer::read_metadata_bytes(&bytes, entry.mtime, Some(&entry.kind));
+            std::hint::black_box(meta);
+            if matches!(entry.kind, glimpse_indexer::FileKind::Unsupported(_)) {
+                continue;
             }
-            support::thread_cpu_seconds() - start
-        })
-        .collect();
-    median(&mut passes)
+            let decoded = match options.jpeg_min_side(cfg) {
+                Some(min_side) => glimpse_decoder::decode_bytes_reduced(&bytes, cfg, min_side),
+                None => glimpse_decoder::decode_bytes(&bytes, cfg),
+            };
+            if let Ok(decoded) = decoded {
+                let pixels = glimpse_decoder::to_pixels(&decoded.rgb, cfg);
+                let thumbnail =
+                    glimpse_indexer::make_thumbnail(&decoded.rgb, options.thumbnail_side);
+                std::hint::black_box((pixels, thumbnail.ok()));
+            }
+        }
+        passes.push(support::thread_cpu_seconds()? - start);
+    }
+    Some(median(&mut passes))
 }
 
 /// For every JPEG under `photos` that `glimpse index` reduces while decoding

@@ -70,12 +70,23 @@ pub fn status_kb(field: &str) -> u64 {
 }
 
 /// CPU time of the calling thread so far, in seconds (Linux
-/// `/proc/thread-self/schedstat`, nanosecond resolution; 0 elsewhere).
-pub fn thread_cpu_seconds() -> f64 {
-    std::fs::read_to_string("/proc/thread-self/schedstat")
-        .ok()
-        .and_then(|s| s.split_whitespace().next()?.parse::<u64>().ok())
-        .map_or(0.0, |ns| ns as f64 * 1e-9)
+/// `/proc/thread-self/schedstat`, nanosecond resolution); `None` elsewhere.
+pub fn thread_cpu_seconds() -> Option<f64> {
+    let stat = std::fs::read_to_string("/proc/thread-self/schedstat").ok()?;
+    let ns: u64 = stat.split_whitespace().next()?.parse().ok()?;
+    Some(ns as f64 * 1e-9)
+}
+
+/// CPU time of the whole process so far (user + system, all threads), in
+/// seconds (Linux `/proc/self/stat`, in clock ticks of 10 ms); `None`
+/// elsewhere.
+pub fn process_cpu_seconds() -> Option<f64> {
+    let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
+    // Fields after the command name (which may hold spaces), from field 3.
+    let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
+    let ticks = |i: usize| fields.get(i)?.parse::<u64>().ok();
+    // utime and stime are fields 14 and 15 (1-based), i.e. 11 and 12 here.
+    Some((ticks(11)? + ticks(12)?) as f64 / 100.0)
 }
 
 /// A deterministic pseudo-random generator.

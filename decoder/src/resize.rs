@@ -151,9 +151,9 @@ fn horizontal_scalar(
             let px = &row[start * 3..(start + k.len()) * 3];
             let (mut r, mut g, mut b) = (HALF, HALF, HALF);
             for (p, &w) in px.chunks_exact(3).zip(k) {
-                r = r.wrapping_add(i32::from(p[0]) * w);
-                g = g.wrapping_add(i32::from(p[1]) * w);
-                b = b.wrapping_add(i32::from(p[2]) * w);
+                r = r.wrapping_add(i32::from(p[0]).wrapping_mul(w));
+                g = g.wrapping_add(i32::from(p[1]).wrapping_mul(w));
+                b = b.wrapping_add(i32::from(p[2]).wrapping_mul(w));
             }
             px_out[0] = clip8(r);
             px_out[1] = clip8(g);
