@@ -15,7 +15,7 @@
 
 use rayon::prelude::*;
 
-use crate::kernels::{balanced_row_block, tile_shape, tiled_product};
+use crate::kernels::{balanced_row_block, par_filled, tile_shape, tiled_product};
 
 /// Output columns per packed panel: two 16-lane registers.
 pub(crate) const NR: usize = 32;
@@ -106,14 +106,12 @@ pub(crate) fn product(
         // A batch: each block of rows written in place against every
         // panel, its bias added while it is in cache.
         let rows_per_block = balanced_row_block(m, MC);
-        let mut out = vec![0f32; m * n];
-        out.par_chunks_mut(rows_per_block * n)
-            .zip(xs.par_chunks(rows_per_block * k2))
-            .for_each(|(block, a)| {
-                tile_product(a, block.len() / n, k2, packed, panels, block);
-                finish(block);
-            });
-        return out;
+        return par_filled(m * n, rows_per_block * n, |first, block| {
+            let rows = block.len() / n;
+            let a = &xs[first / n * k2..][..rows * k2];
+            tile_product(a, rows, k2, packed, panels, block);
+            finish(block);
+        });
     }
     // Few rows (a query) split the panels between threads; a batch whose
     // last panel is partial goes by blocks of rows, through tiles.

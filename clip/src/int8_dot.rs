@@ -23,7 +23,7 @@
 
 use rayon::prelude::*;
 
-use crate::kernels::{balanced_row_block, tile_shape, tiled_product};
+use crate::kernels::{balanced_row_block, par_filled, tile_shape, tiled_product};
 
 /// Output columns per packed panel: two 16-lane registers.
 pub(crate) const NR: usize = 32;
@@ -229,11 +229,9 @@ pub(crate) fn product(
     if m > MC && n.is_multiple_of(NR) {
         // A batch: each block of rows written in place against every panel.
         let rows_per_block = balanced_row_block(m, MC);
-        let mut out = vec![0f32; m * n];
-        out.par_chunks_mut(rows_per_block * n)
-            .enumerate()
-            .for_each(|(b, chunk)| block(b * rows_per_block, chunk.len() / n, 0, panels, chunk, n));
-        return out;
+        return par_filled(m * n, rows_per_block * n, |first, chunk| {
+            block(first / n, chunk.len() / n, 0, panels, chunk, n)
+        });
     }
     // Few rows (a query) split the panels between threads; a batch whose
     // last panel is partial goes by blocks of rows, through tiles.

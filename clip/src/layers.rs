@@ -15,7 +15,6 @@ use std::sync::Arc;
 
 use crate::kernels::{fused_activation, small_matmul_t, SMALL_M};
 use crate::precision::{Precision, QueryWeights};
-use rayon::prelude::*;
 
 /// Initialisation used when a layer's weights are created rather than loaded
 /// (training from scratch): N(0, std²), as in open_clip.
@@ -331,7 +330,10 @@ impl Attention {
     /// `[seq, seq]` or `[batch, 1, seq, seq]`) makes it causal.
     pub fn forward(&self, x: &Tensor, mask: Option<&Tensor>) -> Result<Tensor> {
         let qkv = self.qkv(x)?;
-        let out = if mask.is_none() && qkv.track_op() && on_cpu_f32(&qkv) {
+        let out = if !qkv.track_op() && on_cpu_f32(&qkv) {
+            // Inference: the multi-threaded kernel (see `attention`).
+            crate::attention::attention_tensor(&qkv, self.heads, mask)?
+        } else if mask.is_none() && on_cpu_f32(&qkv) {
             // Training: one fused pass each way (see `autograd::attention`).
             autograd::attention(&qkv, self.heads, false)?
         } else {
@@ -581,7 +583,6 @@ struct FusedBlock {
     fc2: Arc<QueryWeights>,
     act: Activation,
     heads: usize,
-    head_dim: usize,
 }
 
 impl FusedBlock {
@@ -619,7 +620,6 @@ impl FusedBlock {
             fc2,
             act: m.act,
             heads: a.heads,
-            head_dim: a.head_dim,
         }))
     }
 
@@ -629,34 +629,17 @@ impl FusedBlock {
         let (b, n, d) = x.dims3()?;
         let m = b * n;
         let mut x_rows = x.flatten_all()?.to_vec1::<f32>()?;
-        let mask: Option<(Vec<f32>, bool)> = match mask {
-            None => None,
-            Some(t) => {
-                let per_batch = t.rank() == 4;
-                Some((t.flatten_all()?.to_dtype(DType::F32)?.to_vec1()?, per_batch))
-            }
-        };
+        let mask = crate::attention::mask_values(mask, b, n)?;
         let mut h = vec![0f32; m * d];
         let (g, bias, eps) = &self.ln1;
         layer_norm_rows(&x_rows, g, bias, *eps, &mut h);
         let qkv = self.qkv.product(&h, m);
-        // Attention per sequence (in parallel for a batch: each writes only
-        // its own rows, with the same arithmetic whatever the batch).
-        let attend = |(s, out): (usize, &mut [f32])| {
-            let mask = mask.as_ref().map(|(mk, per_batch)| {
-                if *per_batch {
-                    &mk[s * n * n..][..n * n]
-                } else {
-                    &mk[..n * n]
-                }
-            });
-            self.attend(&qkv[s * n * 3 * d..][..n * 3 * d], n, mask, out);
+        let mask = match &mask {
+            None => crate::attention::Mask::None,
+            Some((values, false)) => crate::attention::Mask::Shared(values),
+            Some((values, true)) => crate::attention::Mask::PerSequence(values),
         };
-        if b > 1 {
-            h.par_chunks_mut(n * d).enumerate().for_each(attend);
-        } else {
-            h.chunks_mut(n * d).enumerate().for_each(attend);
-        }
+        crate::attention::attention(&qkv, b, n, self.heads, mask, &mut h);
         let attn = self.out_proj.product(&h, m);
         x_rows.iter_mut().zip(&attn).for_each(|(x, a)| *x += a);
         let (g, bias, eps) = &self.ln2;
@@ -667,44 +650,6 @@ impl FusedBlock {
         let mlp = self.fc2.product(&inner, m);
         x_rows.iter_mut().zip(&mlp).for_each(|(x, v)| *x += v);
         Tensor::from_vec(x_rows, (b, n, d), x.device())
-    }
-
-    /// Self-attention of one sequence: `qkv` its `n` rows `[q | k | v]`
-    /// (each `[heads, head_dim]`), `mask` `[n, n]` added to the scores;
-    /// writes the `n` rows of head outputs to `out`.
-    fn attend(&self, qkv: &[f32], n: usize, mask: Option<&[f32]>, out: &mut [f32]) {
-        let (heads, hd) = (self.heads, self.head_dim);
-        let d = heads * hd;
-        let scale = (hd as f32).powf(-0.5);
-        let mut scores = vec![0f32; n];
-        for head in 0..heads {
-            for i in 0..n {
-                let qi = &qkv[i * 3 * d + head * hd..][..hd];
-                for (j, score) in scores.iter_mut().enumerate() {
-                    let kj = &qkv[j * 3 * d + d + head * hd..][..hd];
-                    let mut dot = 0f32;
-                    for (a, c) in qi.iter().zip(kj) {
-                        dot += a * c;
-                    }
-                    *score = dot * scale + mask.map_or(0.0, |mk| mk[i * n + j]);
-                }
-                let max = scores.iter().fold(f32::NEG_INFINITY, |a, &v| a.max(v));
-                let mut sum = 0f32;
-                for v in scores.iter_mut() {
-                    *v = (*v - max).exp();
-                    sum += *v;
-                }
-                let o = &mut out[i * d + head * hd..][..hd];
-                o.fill(0.0);
-                for (j, p) in scores.iter().enumerate() {
-                    let vj = &qkv[j * 3 * d + 2 * d + head * hd..][..hd];
-                    let p = p / sum;
-                    for (o, v) in o.iter_mut().zip(vj) {
-                        *o += p * v;
-                    }
-                }
-            }
-        }
     }
 }
 
@@ -845,8 +790,17 @@ impl EncoderLayer {
         }
         let (ln1, ln2) = self.norms(!x.track_op() && on_cpu_f32(x));
         let h = self.self_attn.forward(&ln1.forward(x)?, mask)?;
-        let x = (x + h)?;
+        let x = residual(x, &h)?;
         let h = self.mlp.forward(&ln2.forward(&x)?)?;
+        residual(&x, &h)
+    }
+}
+
+/// `x + h`: without a gradient on the CPU in one multi-threaded pass.
+fn residual(x: &Tensor, h: &Tensor) -> Result<Tensor> {
+    if !x.track_op() && !h.track_op() && on_cpu_f32(x) && on_cpu_f32(h) {
+        crate::kernels::add_no_grad(x, h)
+    } else {
         x + h
     }
 }

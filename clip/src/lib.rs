@@ -16,6 +16,7 @@
 #![warn(missing_docs)]
 
 mod allocator;
+mod attention;
 mod autograd;
 mod bf16_dot;
 mod checkpoint;

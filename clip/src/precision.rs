@@ -22,7 +22,7 @@
 use std::fmt;
 use std::str::FromStr;
 
-use candle_core::{Result, Tensor};
+use candle_core::{CpuStorage, CustomOp1, Layout, Result, Shape, Tensor};
 
 use crate::kernels::{pack_panels, rows_times_panels};
 use crate::{bf16_dot, int8_dot};
@@ -266,8 +266,9 @@ impl QueryWeights {
                 self.cols
             )
         }
-        let xs = x.flatten_all()?.to_vec1::<f32>()?;
-        Tensor::from_vec(self.product(&xs, m), (m, self.rows), x.device())
+        // Read in place (a copy of the rows would be one more
+        // single-threaded pass over a batch's activations).
+        x.contiguous()?.apply_op1_no_bwd(&ProductOp(self))
     }
 
     /// `x · Wᵀ + b` on plain rows: `x` holds `m` rows of `in` values.
@@ -283,6 +284,27 @@ impl QueryWeights {
                 int8_dot::product(x, m, k, codes, self.rows, scales, bias)
             }
         }
+    }
+}
+
+/// [`QueryWeights::matmul_t`] on the tensor's own storage.
+struct ProductOp<'a>(&'a QueryWeights);
+
+impl CustomOp1 for ProductOp<'_> {
+    fn name(&self) -> &'static str {
+        "glimpse-reduced-precision-matmul"
+    }
+
+    fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> Result<(CpuStorage, Shape)> {
+        let CpuStorage::F32(data) = storage else {
+            candle_core::bail!("reduced-precision matmul takes f32")
+        };
+        let Some((start, end)) = layout.contiguous_offsets() else {
+            candle_core::bail!("reduced-precision matmul takes a contiguous tensor")
+        };
+        let (m, _) = layout.shape().dims2()?;
+        let out = self.0.product(&data[start..end], m);
+        Ok((CpuStorage::F32(out), Shape::from((m, self.0.rows))))
     }
 }
 
