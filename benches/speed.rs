@@ -411,11 +411,7 @@ fn reading_cpu_seconds(clip: &Clip, photos: &Path, quick: bool) -> Option<f64> {
             if matches!(entry.kind, glimpse_indexer::FileKind::Unsupported(_)) {
                 continue;
             }
-            let decoded = match options.jpeg_min_side(cfg) {
-                Some(min_side) => glimpse_decoder::decode_bytes_reduced(&bytes, cfg, min_side),
-                None => glimpse_decoder::decode_bytes(&bytes, cfg),
-            };
-            if let Ok(decoded) = decoded {
+            if let Ok(decoded) = options.decode(&bytes, cfg) {
                 let pixels = glimpse_decoder::to_pixels(&decoded.rgb, cfg);
                 let thumbnail =
                     glimpse_indexer::make_thumbnail(&decoded.rgb, options.thumbnail_side);

@@ -14,7 +14,7 @@
 use candle_core::{CpuStorage, CustomOp1, DType, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
-use crate::kernels::{exp, panel_product, PANEL};
+use crate::kernels::{exp, f32_slice, panel_product, PANEL};
 
 /// Which keys each query sees: an additive mask on the scores (0 to keep,
 /// -inf to hide).
@@ -75,6 +75,7 @@ pub(crate) fn attention(
     out: &mut [f32],
 ) {
     let d3 = qkv.len().checked_div(b * n).unwrap_or(0);
+    assert_eq!(qkv.len(), b * n * d3, "attention: {b} × {n} rows");
     let d = d3 / 3;
     assert!(
         heads > 0 && d.is_multiple_of(heads) && d3 == 3 * d,
@@ -241,7 +242,16 @@ fn softmax_row_generic(row: &mut [f32], scale: f32, mask: Option<&[f32]>) {
         None => row.iter_mut().for_each(|v| *v *= scale),
     }
     let max = row.iter().fold(f32::NEG_INFINITY, |a, &v| a.max(v));
-    row.iter_mut().for_each(|v| *v = exp(*v - max));
+    // A hidden key (-inf) weighs exactly 0, as in candle's softmax (`exp`
+    // clamps its argument, which would leave ~1e-38): then a padded text
+    // embeds as it does alone.
+    row.iter_mut().for_each(|v| {
+        *v = if *v == f32::NEG_INFINITY {
+            0.0
+        } else {
+            exp(*v - max)
+        }
+    });
     let sum: f32 = row.iter().sum();
     let inv = 1.0 / sum;
     row.iter_mut().for_each(|v| *v *= inv);
@@ -258,34 +268,55 @@ pub(crate) fn attention_tensor(
     if heads == 0 || d3 % (3 * heads) != 0 {
         candle_core::bail!("attention: width {d3} is not 3 × {heads} heads")
     }
-    let mask = mask_values(mask, b, n)?;
+    let mask = MaskValues::of(mask, b, n)?;
     qkv.contiguous()?
         .apply_op1_no_bwd(&AttentionOp { heads, mask })
 }
 
-/// The values of an attention mask for `b` sequences of `n` tokens (`[n,
-/// n]`, or `[b, 1, n, n]`: then `true`), after checking its shape.
-pub(crate) fn mask_values(
-    mask: Option<&Tensor>,
-    b: usize,
-    n: usize,
-) -> Result<Option<(Vec<f32>, bool)>> {
-    let Some(m) = mask else { return Ok(None) };
-    let per_sequence = match m.dims() {
-        [a, c] if *a == n && *c == n => false,
-        [a, 1, c, e] if *a == b && *c == n && *e == n => true,
-        dims => candle_core::bail!("attention mask {dims:?} for {b} sequences of {n} tokens"),
-    };
-    Ok(Some((
-        m.flatten_all()?.to_dtype(DType::F32)?.to_vec1::<f32>()?,
-        per_sequence,
-    )))
+/// An attention mask tensor's values, checked against the shape it is for.
+#[derive(Debug, Default)]
+pub(crate) struct MaskValues {
+    values: Vec<f32>,
+    /// One `[n, n]` per sequence (else one for all, or none when empty).
+    per_sequence: bool,
+}
+
+impl MaskValues {
+    /// The values of `mask` for `b` sequences of `n` tokens: `[n, n]` or
+    /// `[1, 1, n, n]` (shared by all) or `[b, 1, n, n]` (one per sequence).
+    pub(crate) fn of(mask: Option<&Tensor>, b: usize, n: usize) -> Result<Self> {
+        let Some(m) = mask else {
+            return Ok(Self::default());
+        };
+        let per_sequence = match m.dims() {
+            [a, c] if *a == n && *c == n => false,
+            [1, 1, c, e] if *c == n && *e == n => false,
+            [a, 1, c, e] if *a == b && *c == n && *e == n => true,
+            dims => candle_core::bail!(
+                "attention mask {dims:?} for {b} sequences of {n} tokens: it must be \
+                 [{n}, {n}], [1, 1, {n}, {n}] or [{b}, 1, {n}, {n}]"
+            ),
+        };
+        let values = m.flatten_all()?.to_dtype(DType::F32)?.to_vec1::<f32>()?;
+        Ok(Self {
+            values,
+            per_sequence,
+        })
+    }
+
+    /// The mask as [`attention`] takes it.
+    pub(crate) fn as_mask(&self) -> Mask<'_> {
+        match (self.values.is_empty(), self.per_sequence) {
+            (true, _) => Mask::None,
+            (false, false) => Mask::Shared(&self.values),
+            (false, true) => Mask::PerSequence(&self.values),
+        }
+    }
 }
 
 struct AttentionOp {
     heads: usize,
-    /// The mask's values and whether it has one `[n, n]` per sequence.
-    mask: Option<(Vec<f32>, bool)>,
+    mask: MaskValues,
 }
 
 impl CustomOp1 for AttentionOp {
@@ -294,20 +325,11 @@ impl CustomOp1 for AttentionOp {
     }
 
     fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> Result<(CpuStorage, Shape)> {
-        let CpuStorage::F32(data) = storage else {
-            candle_core::bail!("attention takes f32")
-        };
-        let Some((start, end)) = layout.contiguous_offsets() else {
-            candle_core::bail!("attention takes a contiguous tensor")
-        };
+        let qkv = f32_slice(storage, layout, "attention")?;
         let (b, n, d3) = layout.shape().dims3()?;
-        let mask = match &self.mask {
-            None => Mask::None,
-            Some((m, false)) => Mask::Shared(m),
-            Some((m, true)) => Mask::PerSequence(m),
-        };
+        let mask = self.mask.as_mask();
         let mut out = vec![0f32; b * n * d3 / 3];
-        crate::kernels::on_pool(|| attention(&data[start..end], b, n, self.heads, mask, &mut out));
+        crate::kernels::on_pool(|| attention(qkv, b, n, self.heads, mask, &mut out));
         Ok((CpuStorage::F32(out), Shape::from((b, n, d3 / 3))))
     }
 }
@@ -436,6 +458,41 @@ mod tests {
             );
             assert_eq!(alone, batch[s * n * d..][..n * d], "sequence {s}");
         }
+    }
+
+    #[test]
+    fn a_padded_sequence_attends_as_it_does_alone() {
+        // A text padded to a batch's length (its padding keys hidden) gives
+        // its tokens the same outputs as the text alone, bit for bit: a
+        // hidden key weighs exactly 0.
+        let (n, pad, heads, hd) = (19, 5, 2, 24);
+        let (d, real) = (heads * hd, n - pad);
+        let qkv = values(n * 3 * d, 11);
+        let padded: Vec<f32> = (0..n * n)
+            .map(|i| {
+                if i % n > i / n || i % n >= real {
+                    f32::NEG_INFINITY
+                } else {
+                    0.0
+                }
+            })
+            .collect();
+        let mut got = vec![0f32; n * d];
+        attention(&qkv, 1, n, heads, Mask::PerSequence(&padded), &mut got);
+        let mut alone = vec![0f32; real * d];
+        attention(
+            &qkv[..real * 3 * d],
+            1,
+            real,
+            heads,
+            Mask::Shared(&causal(real)),
+            &mut alone,
+        );
+        assert_eq!(got[..real * d], alone[..]);
+        let mut row = [0.5, f32::NEG_INFINITY, -1.0, f32::NEG_INFINITY];
+        softmax_row(&mut row, 1.0, None);
+        assert_eq!((row[1], row[3]), (0.0, 0.0), "{row:?}");
+        assert!((row[0] + row[2] - 1.0).abs() < 1e-6, "{row:?}");
     }
 
     #[test]

@@ -13,7 +13,7 @@ use candle_core::{CpuStorage, CustomOp1, CustomOp2, CustomOp3, Layout, Result, S
 use rayon::prelude::*;
 
 use crate::config::Activation;
-use crate::kernels::{activation_backward, axpy, dot, exp, ActOp};
+use crate::kernels::{activation_backward, axpy, dot, exp, f32_slice as slice, ActOp};
 
 /// `f_avx2(args)` (`f` compiled for AVX2+FMA) when the CPU has them, else
 /// `f(args)` (the baseline build).
@@ -43,16 +43,6 @@ const ROWS_PER_TASK: usize = 64;
 /// The f32 values of a tensor, in row-major order.
 fn values(t: &Tensor) -> Result<Vec<f32>> {
     t.flatten_all()?.to_vec1::<f32>()
-}
-
-fn slice<'a>(storage: &'a CpuStorage, layout: &Layout, what: &str) -> Result<&'a [f32]> {
-    let CpuStorage::F32(data) = storage else {
-        candle_core::bail!("{what} takes f32")
-    };
-    let Some((a, b)) = layout.contiguous_offsets() else {
-        candle_core::bail!("{what} takes contiguous tensors")
-    };
-    Ok(&data[a..b])
 }
 
 /// `x + b` with `b` (of `k` values) added to every `k`-long row of `x`:

@@ -15,6 +15,22 @@ use rayon::prelude::*;
 
 use crate::config::Activation;
 
+/// The f32 values a custom op's contiguous input holds, or an error naming
+/// the op (`what`) for any other dtype or a strided layout.
+pub(crate) fn f32_slice<'a>(
+    storage: &'a CpuStorage,
+    layout: &Layout,
+    what: &str,
+) -> Result<&'a [f32]> {
+    let CpuStorage::F32(data) = storage else {
+        candle_core::bail!("{what} takes f32")
+    };
+    let Some((a, b)) = layout.contiguous_offsets() else {
+        candle_core::bail!("{what} takes contiguous tensors")
+    };
+    Ok(&data[a..b])
+}
+
 /// A vector of `len` values written by `fill(first, chunk)` for chunks of
 /// `chunk` values (the last may be shorter) in parallel, `first` the
 /// chunk's offset. Each chunk is zeroed by its own thread just before
@@ -69,14 +85,7 @@ impl CustomOp2 for AddOp {
         s2: &CpuStorage,
         l2: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
-        let (CpuStorage::F32(a), CpuStorage::F32(b)) = (s1, s2) else {
-            candle_core::bail!("add takes f32")
-        };
-        let (Some((a0, a1)), Some((b0, b1))) = (l1.contiguous_offsets(), l2.contiguous_offsets())
-        else {
-            candle_core::bail!("add takes contiguous tensors")
-        };
-        let (a, b) = (&a[a0..a1], &b[b0..b1]);
+        let (a, b) = (f32_slice(s1, l1, "add")?, f32_slice(s2, l2, "add")?);
         let out = on_pool(|| {
             par_filled(a.len(), 1 << 14, |first, out| {
                 let (a, b) = (&a[first..][..out.len()], &b[first..][..out.len()]);
@@ -113,13 +122,7 @@ impl CustomOp1 for ActOp {
     }
 
     fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> Result<(CpuStorage, Shape)> {
-        let CpuStorage::F32(data) = storage else {
-            candle_core::bail!("fused activation takes f32")
-        };
-        let Some((a, b)) = layout.contiguous_offsets() else {
-            candle_core::bail!("fused activation takes a contiguous tensor")
-        };
-        let src = &data[a..b];
+        let src = f32_slice(storage, layout, "fused activation")?;
         let act = self.0;
         let dst = on_pool(|| {
             par_filled(src.len(), 1 << 14, |first, d| {

@@ -588,10 +588,11 @@ struct FusedBlock {
 impl FusedBlock {
     /// `None` unless every product of the block has a copy, and, with
     /// [`FusedRows::Few`], for copies that round their inputs (bf16 or int8
-    /// dot products): this block's attention and LayerNorm sum in another
-    /// order than the tensor path's, a difference of ~1e-7 that rounding an
-    /// input can turn into ~1e-3, so an input would embed differently
-    /// alone (fused) and in a batch (tensor path). With [`FusedRows::Any`]
+    /// dot products): this block's LayerNorm sums in another order than the
+    /// tensor path's (candle's; the attention kernel is the same), a
+    /// difference of ~1e-7 that rounding an input can turn into ~1e-3, so an
+    /// input would embed differently alone (fused) and in a batch (tensor
+    /// path). With [`FusedRows::Any`]
     /// every input is fused, so the question does not arise.
     fn new(layer: &EncoderLayer, rows: FusedRows) -> Result<Option<Self>> {
         let a = &layer.self_attn;
@@ -629,17 +630,12 @@ impl FusedBlock {
         let (b, n, d) = x.dims3()?;
         let m = b * n;
         let mut x_rows = x.flatten_all()?.to_vec1::<f32>()?;
-        let mask = crate::attention::mask_values(mask, b, n)?;
+        let mask = crate::attention::MaskValues::of(mask, b, n)?;
         let mut h = vec![0f32; m * d];
         let (g, bias, eps) = &self.ln1;
         layer_norm_rows(&x_rows, g, bias, *eps, &mut h);
         let qkv = self.qkv.product(&h, m);
-        let mask = match &mask {
-            None => crate::attention::Mask::None,
-            Some((values, false)) => crate::attention::Mask::Shared(values),
-            Some((values, true)) => crate::attention::Mask::PerSequence(values),
-        };
-        crate::attention::attention(&qkv, b, n, self.heads, mask, &mut h);
+        crate::attention::attention(&qkv, b, n, self.heads, mask.as_mask(), &mut h);
         let attn = self.out_proj.product(&h, m);
         x_rows.iter_mut().zip(&attn).for_each(|(x, a)| *x += a);
         let (g, bias, eps) = &self.ln2;
@@ -1017,6 +1013,41 @@ mod tests {
                     let diff = crate::test_util::max_abs_diff(&fused, &plain);
                     assert!(diff < 1e-4, "{precision}: {diff}");
                 }
+            }
+        }
+    }
+
+    #[test]
+    fn attention_kernel_matches_candles_composition() {
+        // Inference attention (the kernel) against candle's ops (the path a
+        // GPU takes), with no mask, the causal mask and per-sequence masks
+        // with padding, for one sequence and a batch.
+        let dev = Device::Cpu;
+        let (d, heads, n) = (48, 3, 19);
+        let attention = Attention::new(d, heads, VarBuilder::zeros(DType::F32, &dev)).unwrap();
+        for b in [1, 3] {
+            let qkv = Tensor::randn(0f32, 1.0, (b, n, 3 * d), &dev).unwrap();
+            let causal = crate::text::causal_mask(n, &dev).unwrap();
+            let padded: Vec<f32> = (0..b * n * n)
+                .map(|i| {
+                    let (s, t, j) = (i / (n * n), i / n % n, i % n);
+                    if j > t || j >= n - 4 * s {
+                        f32::NEG_INFINITY
+                    } else {
+                        0.0
+                    }
+                })
+                .collect();
+            let padded = Tensor::from_vec(padded, (b, 1, n, n), &dev).unwrap();
+            for mask in [None, Some(&causal), Some(&padded)] {
+                let got = crate::attention::attention_tensor(&qkv, heads, mask).unwrap();
+                let want = attention.attend(&qkv, mask).unwrap();
+                let diff = crate::test_util::max_abs_diff(&got, &want);
+                assert!(
+                    diff < 1e-5,
+                    "batch {b}, mask {:?}: {diff}",
+                    mask.map(|m| m.dims().to_vec())
+                );
             }
         }
     }

@@ -266,6 +266,11 @@ impl QueryWeights {
                 self.cols
             )
         }
+        if !x.device().is_cpu() {
+            // The copies are CPU kernels: through host memory.
+            let xs = x.flatten_all()?.to_vec1::<f32>()?;
+            return Tensor::from_vec(self.product(&xs, m), (m, self.rows), x.device());
+        }
         // Read in place (a copy of the rows would be one more
         // single-threaded pass over a batch's activations).
         x.contiguous()?.apply_op1_no_bwd(&ProductOp(self))
@@ -296,14 +301,9 @@ impl CustomOp1 for ProductOp<'_> {
     }
 
     fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> Result<(CpuStorage, Shape)> {
-        let CpuStorage::F32(data) = storage else {
-            candle_core::bail!("reduced-precision matmul takes f32")
-        };
-        let Some((start, end)) = layout.contiguous_offsets() else {
-            candle_core::bail!("reduced-precision matmul takes a contiguous tensor")
-        };
+        let x = crate::kernels::f32_slice(storage, layout, "reduced-precision matmul")?;
         let (m, _) = layout.shape().dims2()?;
-        let out = self.0.product(&data[start..end], m);
+        let out = self.0.product(x, m);
         Ok((CpuStorage::F32(out), Shape::from((m, self.0.rows))))
     }
 }

@@ -22,7 +22,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use crossbeam_channel::{bounded, Receiver, RecvTimeoutError, Sender};
 use glimpse_clip::Clip;
 use glimpse_config::PreprocessConfig;
-use glimpse_decoder::{decode_bytes, decode_bytes_reduced, to_pixels, DecodeError};
+use glimpse_decoder::{decode_bytes, decode_bytes_reduced, to_pixels, DecodeError, DecodedImage};
 use glimpse_store::{
     failure_record, Change, FailureKind, FailureRecord, Library, ModelIdentity, PhotoMetadata,
     PhotoRecord, TakenAtSource,
@@ -72,6 +72,21 @@ impl IndexOptions {
         let model_side = u32::try_from(preprocess.image_size.saturating_mul(2)).unwrap_or(u32::MAX);
         self.reduce_large_jpegs
             .then(|| model_side.max(self.thumbnail_side))
+    }
+
+    /// Decodes a file's `bytes` as `glimpse index` does for a model
+    /// preprocessing with `preprocess`: large JPEGs reduced while decoding
+    /// when [`IndexOptions::reduce_large_jpegs`] is set (see
+    /// [`IndexOptions::jpeg_min_side`]), everything else at full size.
+    pub fn decode(
+        &self,
+        bytes: &[u8],
+        preprocess: &PreprocessConfig,
+    ) -> Result<DecodedImage, DecodeError> {
+        match self.jpeg_min_side(preprocess) {
+            Some(min_side) => decode_bytes_reduced(bytes, preprocess, min_side),
+            None => decode_bytes(bytes, preprocess),
+        }
     }
 }
 
@@ -798,11 +813,7 @@ fn read_and_decode(
         );
     }
     let cfg = clip.preprocess();
-    let decoded = match options.jpeg_min_side(cfg) {
-        Some(min_side) => decode_bytes_reduced(&content, cfg, min_side),
-        None => decode_bytes(&content, cfg),
-    };
-    let decoded = match decoded {
+    let decoded = match options.decode(&content, cfg) {
         Ok(decoded) => decoded,
         Err(e) => return Outcome::Failed(failure_kind(&e), format!("{}: {e}", path.display())),
     };
