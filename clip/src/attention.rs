@@ -65,7 +65,8 @@ const PARALLEL_HEADS_MIN_WORK: usize = 1 << 18;
 /// and v projections side by side, each `heads × hd` wide).
 ///
 /// # Panics
-/// If the slices are shorter than these shapes say (callers check).
+/// If `qkv` is not `b × n` rows of a width `3 · heads · hd`, or `out` or the
+/// mask holds fewer values than these shapes say (callers check).
 pub(crate) fn attention(
     qkv: &[f32],
     b: usize,
