@@ -329,6 +329,11 @@ impl Attention {
     /// Attention over `x` `[batch, seq, dim]`; `mask` (added to the scores,
     /// `[seq, seq]` or `[batch, 1, seq, seq]`) makes it causal.
     pub fn forward(&self, x: &Tensor, mask: Option<&Tensor>) -> Result<Tensor> {
+        if let (Qkv::Fused(qkv), Some(w_out)) = (&self.qkv, &self.out_proj.half) {
+            if let (Some(w_qkv), false) = (&qkv.half, x.track_op()) {
+                return self.forward_bf16(x, mask, (qkv, w_qkv), w_out);
+            }
+        }
         let qkv = self.qkv(x)?;
         let out = if !qkv.track_op() && on_cpu_f32(&qkv) {
             // Inference: the multi-threaded kernel (see `attention`).
@@ -340,6 +345,33 @@ impl Attention {
             self.attend(&qkv, mask)?
         };
         self.out_proj.forward(&out)
+    }
+
+    /// On a GPU with bf16 copies: from the q/k/v product to the output
+    /// projection in bf16 — the head permutes, both products (tensor
+    /// cores) and the softmax — instead of f32 between two casts.
+    fn forward_bf16(
+        &self,
+        x: &Tensor,
+        mask: Option<&Tensor>,
+        (qkv, w_qkv): (&Linear, &Tensor),
+        w_out: &Tensor,
+    ) -> Result<Tensor> {
+        let (b, n, d) = x.dims3()?;
+        let mut h = x
+            .reshape((b * n, d))?
+            .to_dtype(DType::BF16)?
+            .matmul(&w_qkv.t()?)?;
+        if let Some(bias) = &qkv.bias {
+            h = h.broadcast_add(&bias.to_dtype(DType::BF16)?)?;
+        }
+        let mask = mask.map(|m| m.to_dtype(DType::BF16)).transpose()?;
+        let out = self.attend(&h.reshape((b, n, 3 * d))?, mask.as_ref())?;
+        let y = out
+            .reshape((b * n, d))?
+            .matmul(&w_out.t()?)?
+            .to_dtype(DType::F32)?;
+        self.out_proj.add_bias(y)?.reshape((b, n, d))
     }
 
     /// Attention over packed rows (see [`Packing`]): the projections run on
@@ -510,7 +542,36 @@ impl Mlp {
 
 impl Module for Mlp {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        if let (Some(w1), Some(w2)) = (&self.fc1.half, &self.fc2.half) {
+            if !x.track_op() {
+                return self.forward_bf16(x, w1, w2);
+            }
+        }
         self.fc2.forward(&self.act.forward(&self.fc1.forward(x)?)?)
+    }
+}
+
+impl Mlp {
+    /// On a GPU with bf16 copies: the inner activations (4× the width) stay
+    /// bf16 from the first product to the second — bias, activation and all
+    /// — instead of a round trip through f32 around each product, which
+    /// moved three times the memory through candle's element-wise kernels.
+    fn forward_bf16(&self, x: &Tensor, w1: &Tensor, w2: &Tensor) -> Result<Tensor> {
+        let dims = x.dims();
+        let in_dim = dims[dims.len() - 1];
+        let x2 = x.reshape((x.elem_count() / in_dim.max(1), in_dim))?;
+        let mut inner = x2.to_dtype(DType::BF16)?.matmul(&w1.t()?)?;
+        if let Some(b) = &self.fc1.bias {
+            inner = inner.broadcast_add(&b.to_dtype(DType::BF16)?)?;
+        }
+        let inner = self.act.forward(&inner)?;
+        let y = self
+            .fc2
+            .add_bias(inner.matmul(&w2.t()?)?.to_dtype(DType::F32)?)?;
+        let mut out_dims = dims.to_vec();
+        let last = out_dims.len() - 1;
+        out_dims[last] = y.dim(1)?;
+        y.reshape(out_dims)
     }
 }
 
