@@ -151,19 +151,16 @@ impl CustomOp2 for SmallMatmulT {
         s2: &CpuStorage,
         l2: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
-        let (CpuStorage::F32(x), CpuStorage::F32(w)) = (s1, s2) else {
-            candle_core::bail!("small matmul takes f32")
-        };
+        let (x, w) = (
+            f32_slice(s1, l1, "small matmul")?,
+            f32_slice(s2, l2, "small matmul")?,
+        );
         let (m, k) = l1.shape().dims2()?;
         let (n, k2) = l2.shape().dims2()?;
         if k != k2 {
             candle_core::bail!("small matmul: [{m}, {k}] · [{n}, {k2}]ᵀ")
         }
-        let (Some((xa, xb)), Some((wa, wb))) = (l1.contiguous_offsets(), l2.contiguous_offsets())
-        else {
-            candle_core::bail!("small matmul takes contiguous tensors")
-        };
-        let out = few_rows_times_weights(&x[xa..xb], m, k, &w[wa..wb]);
+        let out = few_rows_times_weights(x, m, k, w);
         Ok((CpuStorage::F32(out), Shape::from((m, n))))
     }
 }
