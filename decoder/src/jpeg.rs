@@ -680,12 +680,51 @@ struct Component {
     size: usize,
     /// Samples, `bw_alloc * size` per row.
     plane: Vec<u8>,
-    /// Progressive only: coefficients, 64 per block in zigzag order (so a
-    /// scan's band is contiguous), row-major blocks.
+    /// Progressive only: coefficients, [`Component::coefs_per_block`] per
+    /// block in zigzag order (so a scan's band is contiguous), row-major
+    /// blocks.
     coefs: Vec<i16>,
     dc_pred: i32,
     dc_table: usize,
     ac_table: usize,
+}
+
+impl Component {
+    /// Coefficients kept per block of a progressive JPEG: all 64, or only
+    /// the DC one where the IDCT is 1x1 (a 1/8 reduction), which reads
+    /// nothing else — the AC scans of such a component are then skipped
+    /// unread.
+    fn coefs_per_block(&self) -> usize {
+        if self.size == 1 {
+            1
+        } else {
+            64
+        }
+    }
+}
+
+/// The position of the marker that ends the entropy-coded data starting at
+/// `pos` (restart markers and stuffed bytes are part of it), or the end of
+/// `data`: how a scan nobody needs is skipped without decoding it.
+fn skip_entropy_data(data: &[u8], mut pos: usize) -> usize {
+    loop {
+        let Some(at) = data
+            .get(pos..)
+            .and_then(|rest| rest.iter().position(|&b| b == 0xFF))
+        else {
+            return data.len();
+        };
+        let marker = pos + at;
+        let mut next = marker + 1;
+        while data.get(next) == Some(&0xFF) {
+            next += 1;
+        }
+        match data.get(next) {
+            None => return data.len(),
+            Some(0x00 | 0xD0..=0xD7) => pos = next + 1,
+            Some(_) => return marker,
+        }
+    }
 }
 
 #[derive(Default)]
@@ -905,7 +944,7 @@ impl Decoder {
             // Never-coded blocks decode to mid-grey, as in libjpeg.
             c.plane = vec![128u8; c.bw_alloc * c.size * c.bh_alloc * c.size];
             if progressive {
-                c.coefs = vec![0i16; c.bw_alloc * c.bh_alloc * 64];
+                c.coefs = vec![0i16; c.bw_alloc * c.bh_alloc * c.coefs_per_block()];
             }
         }
         Ok(())
@@ -952,6 +991,12 @@ impl Decoder {
             if !ok || al > 13 || ah > 13 {
                 return Err("bad progressive scan parameters");
             }
+        }
+        // AC scans of a component reduced to 1x1 blocks carry nothing its
+        // IDCT reads (libjpeg decodes them all the same; the output is
+        // identical): most of a progressive file's entropy decoding.
+        if self.progressive && ss > 0 && members.iter().all(|&ci| self.comps[ci].size == 1) {
+            return Ok(skip_entropy_data(data, start));
         }
         for &ci in &members {
             self.comps[ci].dc_pred = 0;
@@ -1061,8 +1106,9 @@ impl Decoder {
             return Ok(());
         }
 
-        let at = (row * c.bw_alloc + col) * 64;
-        let coef = &mut c.coefs[at..at + 64];
+        let per_block = c.coefs_per_block();
+        let at = (row * c.bw_alloc + col) * per_block;
+        let coef = &mut c.coefs[at..at + per_block];
         if ss == 0 {
             // DC scans.
             if ah == 0 {
@@ -1075,6 +1121,9 @@ impl Decoder {
                 coef[0] |= (1i32 << al) as i16;
             }
             return Ok(());
+        }
+        if per_block != 64 {
+            return Err("internal: an AC scan of a component kept at its DC coefficients");
         }
         let ac = self.ac[ac_table].as_ref().ok_or("missing AC table")?;
         if ah == 0 {
@@ -1185,7 +1234,7 @@ impl Decoder {
                 let n = c.size;
                 let stride = c.bw_alloc * n;
                 let mut natural = [0i16; 64];
-                for (b, zigzag) in c.coefs.chunks_exact(64).enumerate() {
+                for (b, zigzag) in c.coefs.chunks_exact(c.coefs_per_block()).enumerate() {
                     for (&v, &z) in zigzag.iter().zip(&NATURAL_ORDER) {
                         natural[z] = v;
                     }
@@ -1584,6 +1633,51 @@ mod tests {
             }
             assert!(bits.overran());
             assert_eq!(data[bits.pos..], [0xFF, 0xD9], "left on the marker");
+        }
+    }
+
+    /// A skipped scan ends at the first marker that is neither a stuffed
+    /// byte nor a restart marker, fill bytes included; without one, at the
+    /// end of the data.
+    #[test]
+    fn skipped_scans_end_at_the_next_marker() {
+        let scan = [
+            0x12, 0xFF, 0x00, 0x34, 0xFF, 0xD0, 0x56, 0xFF, 0xFF, 0x00, 0xFF, 0xD7, 0x78,
+        ];
+        for (marker, fill) in [(0xC4u8, 0usize), (0xDA, 2), (0xD9, 1)] {
+            let mut data = vec![0xAB, 0xCD];
+            data.extend(scan);
+            data.extend(std::iter::repeat_n(0xFF, fill));
+            data.extend([0xFF, marker, 0x00, 0x04]);
+            assert_eq!(skip_entropy_data(&data, 2), 2 + scan.len(), "{marker:x}");
+        }
+        assert_eq!(skip_entropy_data(&scan, 0), scan.len());
+        assert_eq!(skip_entropy_data(&[0x00, 0xFF], 0), 2);
+        assert_eq!(skip_entropy_data(&[0x00, 0xFF], 5), 2);
+    }
+
+    /// Decoding at 1/8 keeps only the DC coefficients of 1x1 components and
+    /// skips their AC scans, and still matches the full decode's layout: a
+    /// progressive 4:4:4 file (every component 1x1) and a 4:2:0 one (chroma
+    /// at 2x2 keeps all 64).
+    #[test]
+    fn one_eighth_keeps_dc_coefficients_only_where_the_idct_is_1x1() {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/jpeg");
+        for (name, expected) in [
+            ("progressive_444", [1, 1, 1]),
+            ("progressive_420", [1, 64, 64]),
+        ] {
+            let data = std::fs::read(dir.join(format!("{name}.jpg"))).unwrap();
+            let mut d = Decoder {
+                min_size: 1,
+                ..Decoder::default()
+            };
+            d.run(&data).unwrap();
+            let kept: Vec<usize> = d.comps.iter().map(Component::coefs_per_block).collect();
+            assert_eq!(kept, expected, "{name}");
+            for c in &d.comps {
+                assert_eq!(c.coefs.len(), c.bw_alloc * c.bh_alloc * c.coefs_per_block());
+            }
         }
     }
 
