@@ -53,11 +53,12 @@ pub struct IndexOptions {
     pub thumbnail_side: u32,
     /// Reduce large JPEGs by 1/2, 1/4 or 1/8 while decoding them (in the
     /// DCT, see `glimpse_decoder::decode_bytes_reduced`), keeping the
-    /// shortest side at least twice the model's input size and at least the
-    /// thumbnail side. Several times cheaper for camera photos; the model's
-    /// input pixels then differ slightly from the reference's full-size
-    /// decode. `false` decodes every JPEG at full size, bit for bit as the
-    /// reference does.
+    /// shortest side at least the model's input size and at least the
+    /// thumbnail side. Several times cheaper for camera photos (at 1/8 a
+    /// progressive file's AC scans are not even read); the model's input
+    /// pixels then differ from the reference's full-size decode by about
+    /// one 8-bit level on average. `false` decodes every JPEG at full size,
+    /// bit for bit as the reference does.
     pub reduce_large_jpegs: bool,
     /// Commit after this many files (and at least every two seconds).
     pub commit_every: usize,
@@ -69,7 +70,7 @@ impl IndexOptions {
     /// [`IndexOptions::reduce_large_jpegs`]), or `None` when JPEGs are
     /// decoded at full size.
     pub fn jpeg_min_side(&self, preprocess: &PreprocessConfig) -> Option<u32> {
-        let model_side = u32::try_from(preprocess.image_size.saturating_mul(2)).unwrap_or(u32::MAX);
+        let model_side = u32::try_from(preprocess.image_size).unwrap_or(u32::MAX);
         self.reduce_large_jpegs
             .then(|| model_side.max(self.thumbnail_side))
     }
