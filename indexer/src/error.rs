@@ -38,9 +38,13 @@ pub enum IndexError {
         /// What is wrong with it.
         source: globset::Error,
     },
-    /// A thumbnail size of 0 pixels was asked for.
-    #[error("the thumbnail size must be at least 1 pixel (got 0)")]
-    BadThumbnailSize,
+    /// A thumbnail size outside 1..=65535 pixels (a JPEG side is 16-bit)
+    /// was asked for.
+    #[error("the thumbnail size must be 1 to 65535 pixels (got {side})")]
+    BadThumbnailSize {
+        /// The size asked for.
+        side: u32,
+    },
     /// The library could not be opened, read or written.
     #[error(transparent)]
     Store(#[from] glimpse_store::StoreError),
@@ -74,7 +78,7 @@ impl IndexError {
         match self {
             Self::NotFound { path } | Self::Io { path, .. } => Some(path),
             Self::BadGlob { .. }
-            | Self::BadThumbnailSize
+            | Self::BadThumbnailSize { .. }
             | Self::Store(_)
             | Self::Model(_)
             | Self::Internal { .. } => None,
@@ -146,6 +150,6 @@ mod tests {
             e.to_string(),
             "internal error while encoding a thumbnail: out of cheese; this is a bug, please report it"
         );
-        assert!(IndexError::BadThumbnailSize.is_user_error());
+        assert!(IndexError::BadThumbnailSize { side: 0 }.is_user_error());
     }
 }
