@@ -17,6 +17,7 @@ use crate::error::DecodeError;
 use crate::jpeg;
 use crate::rgb::{has_alpha, into_rgb8};
 use crate::sniff::{format_name, hex_prefix, sniff, Sniffed};
+use crate::webp;
 
 /// Memory the codecs may use beyond the decoded image itself.
 const ALLOC_SLACK: u64 = 64 << 20;
@@ -244,6 +245,14 @@ fn decode_as(
                     .flatten()
                     .map(|image| (image, 1))
             })
+    } else if format == ImageFormat::WebP {
+        let alpha = decoder.color_type().has_alpha();
+        catch_unwind(AssertUnwindSafe(|| {
+            webp::decode(bytes, (width, height), alpha)
+        }))
+        .ok()
+        .flatten()
+        .map(|image| (image, 1))
     } else {
         None
     };

