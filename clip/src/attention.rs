@@ -99,7 +99,11 @@ pub(crate) fn attention(
             }
         };
         if b > 1 {
-            out.par_chunks_mut(n * d).enumerate().for_each(sequence);
+            // One task per sequence, as in `kernels::par_filled`.
+            out.par_chunks_mut(n * d)
+                .enumerate()
+                .with_max_len(1)
+                .for_each(sequence);
         } else {
             sequence((0, out));
         }
