@@ -336,7 +336,7 @@ fn indexing(clip: &Clip, photos: &Path, quick: bool) -> Value {
     let mut rates = model_alone();
     let run = &support::index_photos(clip, photos, 1)[0];
     let exact_options = glimpse_indexer::IndexOptions {
-        reduce_large_jpegs: false,
+        reduce_large_images: false,
         ..support::index_options(photos)
     };
     let exact = &support::index_photos_with(clip, &exact_options, 1)[0];
@@ -423,15 +423,15 @@ fn reading_cpu_seconds(clip: &Clip, photos: &Path, quick: bool) -> Option<f64> {
     Some(median(&mut passes))
 }
 
-/// For every JPEG under `photos` that `glimpse index` reduces while decoding
-/// (see `IndexOptions::reduce_large_jpegs`): the model-input pixels and the
+/// For every image under `photos` that `glimpse index` reduces while decoding
+/// (see `IndexOptions::reduce_large_images`): the model-input pixels and the
 /// embedding (`clip`, at its image precision) of the reduced decode next to
 /// the full-size decode's — largest and mean absolute pixel difference
 /// (normalised units; one 8-bit level ≈ 0.015) and the smallest cosine.
 fn reduced_decoding(clip: &Clip, photos: &Path) -> Value {
     let cfg = clip.preprocess();
     let options = support::index_options(photos);
-    let min_side = options.jpeg_min_side(cfg).expect("reduced by default");
+    let min_side = options.reduced_min_side(cfg).expect("reduced by default");
     let walker = glimpse_indexer::Walker::new(options.walk).unwrap();
     let (mut max_diff, mut mean_diffs, mut cosines) = (0f32, Vec::new(), Vec::new());
     let mut by_reduction: HashMap<u32, usize> = HashMap::new();

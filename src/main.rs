@@ -135,9 +135,9 @@ enum Command {
         /// images keep cosine ≥ 0.999 to fp32; else fp32). The choice is checked and reported.
         #[arg(long, env = "GLIMPSE_PRECISION", default_value = "auto")]
         precision: Precision,
-        /// Decode every JPEG at full size, bit for bit as the reference (Pillow) does. By default
-        /// large JPEGs are reduced by 1/2-1/8 while decoding (several times faster; the model's
-        /// input then differs from the reference's by well under one 8-bit level on average).
+        /// Decode every image at full size, bit for bit as the reference (Pillow) does. By default
+        /// large JPEGs and WebPs are reduced by 1/2-1/8 while decoding (several times faster; the
+        /// model's input then differs from the reference's by about one 8-bit level on average).
         #[arg(long)]
         exact_decode: bool,
         /// Print a one-line JSON summary on stdout.

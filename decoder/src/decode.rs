@@ -104,8 +104,8 @@ pub fn decode_bytes(bytes: &[u8], cfg: &PreprocessConfig) -> Result<DecodedImage
     decode(bytes, None, cfg, None)
 }
 
-/// [`decode_bytes`], except that a JPEG large enough is reduced while it is
-/// decoded — by 1/2, 1/4 or 1/8, the most that keeps the shortest side
+/// [`decode_bytes`], except that a JPEG (or still WebP, below) large enough
+/// is reduced while it is decoded — by 1/2, 1/4 or 1/8, the most that keeps the shortest side
 /// (rounded up, as libjpeg does) at least `min_side` — in the DCT
 /// domain, as libjpeg-turbo does for Pillow's `draft()`, with the same
 /// output bit for bit. Entropy decoding still reads every coefficient
@@ -120,8 +120,11 @@ pub fn decode_bytes(bytes: &[u8], cfg: &PreprocessConfig) -> Result<DecodedImage
 /// at the model's input size (as `glimpse index` does) the preprocessed
 /// pixels differ from the reference's by about one 8-bit level on average
 /// (see the README's measurements).
-/// Other formats, and JPEGs this crate's exact decoder declines, are
-/// decoded at full size; [`DecodedImage::reduction`] says what was done.
+/// A still WebP is reduced the same way (1/2, 1/4 or 1/8, same rule) by
+/// libwebp's area-averaging rescaler, which skips the colour conversion
+/// and most of the filtering work of the full-size rows. Other formats,
+/// animated WebPs and JPEGs this crate's exact decoder declines are decoded
+/// at full size; [`DecodedImage::reduction`] says what was done.
 pub fn decode_bytes_reduced(
     bytes: &[u8],
     cfg: &PreprocessConfig,
@@ -233,8 +236,8 @@ fn decode_as(
     // A malformed EXIF block is no reason to lose the photo.
     let orientation = decoder.orientation().unwrap_or(Orientation::NoTransforms);
 
+    let reduction = min_side.map_or(1, |min_side| reduction_for((width, height), min_side));
     let exact = if format == ImageFormat::Jpeg {
-        let reduction = min_side.map_or(1, |min_side| reduction_for((width, height), min_side));
         libjpeg_turbo_exact(bytes, (width, height), reduction)
             .map(|image| (image, reduction))
             .or_else(|| {
@@ -247,12 +250,15 @@ fn decode_as(
             })
     } else if format == ImageFormat::WebP {
         let alpha = decoder.color_type().has_alpha();
-        catch_unwind(AssertUnwindSafe(|| {
-            webp::decode(bytes, (width, height), alpha)
-        }))
-        .ok()
-        .flatten()
-        .map(|image| (image, 1))
+        let decode = |reduction| {
+            catch_unwind(AssertUnwindSafe(|| {
+                webp::decode(bytes, (width, height), alpha, reduction)
+            }))
+            .ok()
+            .flatten()
+            .map(|image| (image, reduction))
+        };
+        decode(reduction).or_else(|| (reduction > 1).then(|| decode(1)).flatten())
     } else {
         None
     };
@@ -280,7 +286,7 @@ fn decode_as(
     })
 }
 
-/// The largest JPEG reduction (1, 2, 4 or 8) that keeps the shortest side
+/// The largest reduction (1, 2, 4 or 8) that keeps the shortest side
 /// of a `(width, height)` image at least `min_side`.
 fn reduction_for((width, height): (u32, u32), min_side: u32) -> u32 {
     let shortest = width.min(height);

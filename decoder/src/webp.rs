@@ -3,6 +3,9 @@
 //! source by `libwebp-sys` (C, SSE2). About 2.3x faster than the `image`
 //! crate's pure-Rust decoder (`image-webp`) on lossy photos, whose output
 //! is also Pillow's (checked by the tests below against Pillow's decodes).
+//! It can also decode reduced (libwebp's own area-averaging rescaler, run
+//! on the decoded rows before colour conversion), for the indexer's large
+//! photos.
 //!
 //! Animated files, and anything libwebp rejects, are declined (`None`): the
 //! caller then uses the `image` crate, which decodes the first frame and
@@ -13,16 +16,21 @@ use libwebp_sys as sys;
 
 /// Decodes a still WebP whose header (read by the `image` crate) says it
 /// is `width` x `height`, as RGBA when `alpha` (not premultiplied, as
-/// Pillow's) and as RGB otherwise; `None` when libwebp declines or
-/// disagrees about the size.
+/// Pillow's) and as RGB otherwise, at `1 / reduction` of its size
+/// (`ceil(width / reduction)` x `ceil(height / reduction)`, as a reduced
+/// JPEG; 1 is the full size, Pillow's pixels exactly); `None` when libwebp
+/// declines or disagrees about the size.
 pub(crate) fn decode(
     data: &[u8],
     (width, height): (u32, u32),
     alpha: bool,
+    reduction: u32,
 ) -> Option<DynamicImage> {
+    let reduction = reduction.max(1);
+    let (out_width, out_height) = (width.div_ceil(reduction), height.div_ceil(reduction));
     let channels = if alpha { 4 } else { 3 };
-    let stride = usize::try_from(width).ok()?.checked_mul(channels)?;
-    let len = stride.checked_mul(usize::try_from(height).ok()?)?;
+    let stride = usize::try_from(out_width).ok()?.checked_mul(channels)?;
+    let len = stride.checked_mul(usize::try_from(out_height).ok()?)?;
     let mut pixels = Vec::new();
     pixels.try_reserve_exact(len).ok()?;
     pixels.resize(len, 0u8);
@@ -44,6 +52,11 @@ pub(crate) fn decode(
         {
             return None;
         }
+        if reduction > 1 {
+            config.options.use_scaling = 1;
+            config.options.scaled_width = i32::try_from(out_width).ok()?;
+            config.options.scaled_height = i32::try_from(out_height).ok()?;
+        }
         config.output.colorspace = if alpha {
             sys::WEBP_CSP_MODE::MODE_RGBA
         } else {
@@ -61,9 +74,9 @@ pub(crate) fn decode(
         return None;
     }
     Some(if alpha {
-        DynamicImage::ImageRgba8(RgbaImage::from_raw(width, height, pixels)?)
+        DynamicImage::ImageRgba8(RgbaImage::from_raw(out_width, out_height, pixels)?)
     } else {
-        DynamicImage::ImageRgb8(RgbImage::from_raw(width, height, pixels)?)
+        DynamicImage::ImageRgb8(RgbImage::from_raw(out_width, out_height, pixels)?)
     })
 }
 
@@ -91,7 +104,7 @@ mod tests {
         for name in ["lossy", "lossy_alpha", "lossless_alpha"] {
             let data = std::fs::read(fixture(&format!("{name}.webp"))).unwrap();
             let alpha = name.contains("alpha");
-            let ours = decode(&data, (203, 151), alpha)
+            let ours = decode(&data, (203, 151), alpha, 1)
                 .unwrap_or_else(|| panic!("{name}: libwebp declined"));
             assert_eq!(ours.color().has_alpha(), alpha, "{name}");
             assert_eq!(ours.as_bytes(), pillow(name).as_bytes(), "{name} vs Pillow");
@@ -123,17 +136,82 @@ mod tests {
     fn animations_and_damaged_files_go_to_the_fallback() {
         let cfg = PreprocessConfig::openai(224);
         let animated = std::fs::read(fixture("animated.webp")).unwrap();
-        assert!(decode(&animated, (203, 151), false).is_none());
+        assert!(decode(&animated, (203, 151), false, 1).is_none());
         let first = crate::decode_bytes(&animated, &cfg).unwrap();
         assert_eq!(first.rgb.as_raw(), pillow("animated").as_bytes());
 
         let truncated = std::fs::read(fixture("truncated.webp")).unwrap();
-        assert!(decode(&truncated, (203, 151), false).is_none());
+        assert!(decode(&truncated, (203, 151), false, 1).is_none());
         let err = crate::decode_bytes(&truncated, &cfg).unwrap_err();
         assert!(matches!(err, crate::DecodeError::Corrupt { .. }), "{err:?}");
         // A header that disagrees with the data is declined, not trusted.
         let lossy = std::fs::read(fixture("lossy.webp")).unwrap();
-        assert!(decode(&lossy, (204, 151), false).is_none());
-        assert!(decode(&[], (1, 1), false).is_none());
+        assert!(decode(&lossy, (204, 151), false, 1).is_none());
+        assert!(decode(&[], (1, 1), false, 1).is_none());
+    }
+
+    /// A reduced decode has the reduced JPEG's size and stays close to the
+    /// full decode averaged over the same blocks (libwebp's rescaler
+    /// averages areas, in YUV); `decode_bytes_reduced` uses it for a WebP
+    /// large enough and says so in `reduction`.
+    #[test]
+    fn reduced_decodes_average_the_full_decode() {
+        for (name, alpha) in [
+            ("lossy", false),
+            ("lossy_alpha", true),
+            ("lossless_alpha", true),
+        ] {
+            let data = std::fs::read(fixture(&format!("{name}.webp"))).unwrap();
+            let full = decode(&data, (203, 151), alpha, 1).unwrap().into_rgba8();
+            for r in [2u32, 4, 8] {
+                let reduced = decode(&data, (203, 151), alpha, r)
+                    .unwrap_or_else(|| panic!("{name} at 1/{r}: declined"))
+                    .into_rgba8();
+                assert_eq!(
+                    reduced.dimensions(),
+                    (203u32.div_ceil(r), 151u32.div_ceil(r))
+                );
+                // Each pixel composited onto white (what the model sees by
+                // default: the colour under a transparent pixel is
+                // arbitrary, and libwebp's rescaler premultiplies it away),
+                // against the full decode's mean over its whole r x r block.
+                let on_white = |p: &image::Rgba<u8>, c: usize| {
+                    let a = f64::from(p[3]) / 255.0;
+                    f64::from(p[c]) * a + 255.0 * (1.0 - a)
+                };
+                let (mut diff, mut n) = (0f64, 0f64);
+                for by in 0..151 / r {
+                    for bx in 0..203 / r {
+                        for c in 0..3 {
+                            let mut sum = 0f64;
+                            for y in by * r..(by + 1) * r {
+                                for x in bx * r..(bx + 1) * r {
+                                    sum += on_white(full.get_pixel(x, y), c);
+                                }
+                            }
+                            let mean = sum / f64::from(r * r);
+                            diff += (mean - on_white(reduced.get_pixel(bx, by), c)).abs();
+                            n += 1.0;
+                        }
+                    }
+                }
+                let mean_diff = diff / n;
+                // Measured 1.4-4.6 levels: chroma is rescaled from the
+                // half-size planes without the full decode's upsampling
+                // filter, and 203 / 26 is not a whole 8 at 1/8.
+                assert!(mean_diff < 6.0, "{name} at 1/{r}: mean diff {mean_diff}");
+            }
+        }
+        let cfg = PreprocessConfig::openai(224);
+        let data = std::fs::read(fixture("lossy.webp")).unwrap();
+        let reduced = crate::decode_bytes_reduced(&data, &cfg, 64).unwrap();
+        assert_eq!(
+            (reduced.reduction, reduced.rgb.dimensions()),
+            (2, (102, 76))
+        );
+        assert_eq!((reduced.source_width, reduced.source_height), (203, 151));
+        let not_reduced = crate::decode_bytes_reduced(&data, &cfg, 100).unwrap();
+        assert_eq!(not_reduced.reduction, 1);
+        assert_eq!(not_reduced.rgb.as_raw(), pillow("lossy").as_bytes());
     }
 }

@@ -51,40 +51,41 @@ pub struct IndexOptions {
     pub workers: usize,
     /// Longest side of thumbnails, in pixels.
     pub thumbnail_side: u32,
-    /// Reduce large JPEGs by 1/2, 1/4 or 1/8 while decoding them (in the
-    /// DCT, see `glimpse_decoder::decode_bytes_reduced`), keeping the
-    /// shortest side at least the model's input size and at least the
-    /// thumbnail side. Several times cheaper for camera photos (at 1/8 a
-    /// progressive file's AC scans are not even read); the model's input
-    /// pixels then differ from the reference's full-size decode by about
-    /// one 8-bit level on average. `false` decodes every JPEG at full size,
-    /// bit for bit as the reference does.
-    pub reduce_large_jpegs: bool,
+    /// Reduce large JPEGs and still WebPs by 1/2, 1/4 or 1/8 while
+    /// decoding them (JPEGs in the DCT, WebPs in libwebp's rescaler; see
+    /// `glimpse_decoder::decode_bytes_reduced`), keeping the shortest side
+    /// at least the model's input size and at least the thumbnail side.
+    /// Several times cheaper for camera photos (at 1/8 a progressive JPEG's
+    /// AC scans are not even read); the model's input pixels then differ
+    /// from the reference's full-size decode by about one 8-bit level on
+    /// average. `false` decodes every image at full size, bit for bit as
+    /// the reference does.
+    pub reduce_large_images: bool,
     /// Commit after this many files (and at least every two seconds).
     pub commit_every: usize,
 }
 
 impl IndexOptions {
-    /// The shortest side a JPEG may be reduced to while decoding for a
+    /// The shortest side an image may be reduced to while decoding for a
     /// model preprocessing with `preprocess` (see
-    /// [`IndexOptions::reduce_large_jpegs`]), or `None` when JPEGs are
+    /// [`IndexOptions::reduce_large_images`]), or `None` when images are
     /// decoded at full size.
-    pub fn jpeg_min_side(&self, preprocess: &PreprocessConfig) -> Option<u32> {
+    pub fn reduced_min_side(&self, preprocess: &PreprocessConfig) -> Option<u32> {
         let model_side = u32::try_from(preprocess.image_size).unwrap_or(u32::MAX);
-        self.reduce_large_jpegs
+        self.reduce_large_images
             .then(|| model_side.max(self.thumbnail_side))
     }
 
     /// Decodes a file's `bytes` as `glimpse index` does for a model
-    /// preprocessing with `preprocess`: large JPEGs reduced while decoding
-    /// when [`IndexOptions::reduce_large_jpegs`] is set (see
-    /// [`IndexOptions::jpeg_min_side`]), everything else at full size.
+    /// preprocessing with `preprocess`: large JPEGs and WebPs reduced while decoding
+    /// when [`IndexOptions::reduce_large_images`] is set (see
+    /// [`IndexOptions::reduced_min_side`]), everything else at full size.
     pub fn decode(
         &self,
         bytes: &[u8],
         preprocess: &PreprocessConfig,
     ) -> Result<DecodedImage, DecodeError> {
-        match self.jpeg_min_side(preprocess) {
+        match self.reduced_min_side(preprocess) {
             Some(min_side) => decode_bytes_reduced(bytes, preprocess, min_side),
             None => decode_bytes(bytes, preprocess),
         }
@@ -98,7 +99,7 @@ impl Default for IndexOptions {
             batch_size: 16,
             workers: std::thread::available_parallelism().map_or(2, |n| n.get()),
             thumbnail_side: DEFAULT_THUMBNAIL_SIDE,
-            reduce_large_jpegs: true,
+            reduce_large_images: true,
             commit_every: 64,
         }
     }

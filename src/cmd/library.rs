@@ -225,7 +225,7 @@ pub fn index(args: IndexArgs) -> anyhow::Result<()> {
         },
         batch_size: args.batch_size.max(1),
         commit_every: args.commit_every.max(1),
-        reduce_large_jpegs: !args.exact_decode,
+        reduce_large_images: !args.exact_decode,
         ..IndexOptions::default()
     };
     let library = Mutex::new(library);
