@@ -334,7 +334,11 @@ fn indexing(clip: &Clip, photos: &Path, quick: bool) -> Value {
         rates
     };
     let mut rates = model_alone();
+    let cpu_before = support::process_cpu_seconds();
     let run = &support::index_photos(clip, photos, 1)[0];
+    let pipeline_cpu = cpu_before
+        .zip(support::process_cpu_seconds())
+        .map(|(before, after)| after - before);
     let exact_options = glimpse_indexer::IndexOptions {
         reduce_large_images: false,
         ..support::index_options(photos)
@@ -372,6 +376,13 @@ fn indexing(clip: &Clip, photos: &Path, quick: bool) -> Value {
             "model_wall_seconds": model_wall,
             "bound_over_model_alone": bound,
             "measured_over_bound": bound.map(|b| embedded_per_s / model_rate / b),
+            // The whole process during the indexing run: beyond the model's
+            // and the readers' CPU, the library's writes (records,
+            // thumbnails, keyword index) and what sharing the cores costs.
+            "pipeline_cpu_seconds": pipeline_cpu,
+            "pipeline_cpu_beyond_model_and_readers": pipeline_cpu
+                .zip(model_cpu.zip(reading_cpu))
+                .map(|(all, (model, reading))| all - model - reading),
         }),
     );
     report.insert("photos".into(), json!(photos.display().to_string()));
