@@ -6,7 +6,7 @@ use std::io::Cursor;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::Path;
 
-use glimpse_config::PreprocessConfig;
+use glimpse_config::{AlphaMode, PreprocessConfig};
 use image::error::{ImageError, LimitErrorKind, UnsupportedErrorKind};
 use image::metadata::Orientation;
 use image::{
@@ -92,8 +92,10 @@ pub fn decode_path(
 ///   AVIF, JPEG XL and others are recognised and refused with
 ///   [`DecodeError::Unsupported`].
 /// - The header's `width * height` is checked against `cfg.max_pixels`
-///   before any pixel buffer is allocated, and the codecs' allocations are
-///   capped (`image::Limits::max_alloc`).
+///   before any pixel buffer is allocated, and the `image` crate's codecs'
+///   allocations are capped (`image::Limits::max_alloc`); libwebp, which
+///   has no such cap, needs at most a few bytes per pixel of an image
+///   within `max_pixels`.
 /// - The EXIF orientation (JPEG, PNG, WebP, TIFF) is applied, so the image
 ///   is upright. (The HF reference does not do this; for files without an
 ///   orientation tag the results are identical.)
@@ -106,9 +108,9 @@ pub fn decode_bytes(bytes: &[u8], cfg: &PreprocessConfig) -> Result<DecodedImage
 
 /// [`decode_bytes`], except that a JPEG (or still WebP, below) large enough
 /// is reduced while it is decoded — by 1/2, 1/4 or 1/8, the most that keeps the shortest side
-/// (rounded up, as libjpeg does) at least `min_side` — in the DCT
-/// domain, as libjpeg-turbo does for Pillow's `draft()`, with the same
-/// output bit for bit. Entropy decoding still reads every coefficient
+/// (rounded up, as libjpeg does) at least `min_side`. A JPEG is reduced in
+/// the DCT domain, as libjpeg-turbo does for Pillow's `draft()`, with the
+/// same output bit for bit. Entropy decoding still reads every coefficient
 /// (except, at 1/8, the AC scans of a progressive file's 1x1-reduced
 /// components, which nothing reads: most of such a file), but the inverse
 /// DCT, chroma upsampling and colour conversion run on 1/4 to 1/64 of the
@@ -117,12 +119,15 @@ pub fn decode_bytes(bytes: &[u8], cfg: &PreprocessConfig) -> Result<DecodedImage
 ///
 /// The pixels are *not* those of a full-size decode followed by a resize:
 /// the reduced IDCT averages blocks of 2x2 to 8x8 samples. With `min_side`
-/// at the model's input size (as `glimpse index` does) the preprocessed
-/// pixels differ from the reference's by about one 8-bit level on average
-/// (see the README's measurements).
+/// at the model's input size (`glimpse index` uses that or the thumbnail
+/// side, whichever is larger: 256 by default) the preprocessed pixels
+/// differ from the reference's by about one 8-bit level on average (see
+/// the README's measurements).
 /// A still WebP is reduced the same way (1/2, 1/4 or 1/8, same rule) by
-/// libwebp's area-averaging rescaler, which skips the colour conversion
-/// and most of the filtering work of the full-size rows. Other formats,
+/// libwebp's area-averaging rescaler, which skips the colour conversion of
+/// the full-size rows — unless it has alpha and `cfg.alpha` is
+/// [`AlphaMode::Drop`] (the rescaler premultiplies, losing the colour under
+/// transparent pixels that `Drop` shows). Other formats,
 /// animated WebPs and JPEGs this crate's exact decoder declines are decoded
 /// at full size; [`DecodedImage::reduction`] says what was done.
 pub fn decode_bytes_reduced(
@@ -249,14 +254,15 @@ fn decode_as(
                     .map(|image| (image, 1))
             })
     } else if format == ImageFormat::WebP {
-        let alpha = decoder.color_type().has_alpha();
+        // Alpha composited onto white hides the colour that libwebp's
+        // rescaler loses under transparent pixels; `Drop` shows it.
+        let reduce_with_alpha = cfg.alpha != AlphaMode::Drop;
         let decode = |reduction| {
             catch_unwind(AssertUnwindSafe(|| {
-                webp::decode(bytes, (width, height), alpha, reduction)
+                webp::decode(bytes, (width, height), reduction, reduce_with_alpha)
             }))
             .ok()
             .flatten()
-            .map(|image| (image, reduction))
         };
         decode(reduction).or_else(|| (reduction > 1).then(|| decode(1)).flatten())
     } else {

@@ -15,7 +15,9 @@
 //! Anything else (arithmetic coding, 12-bit, lossless, CMYK/YCCK, odd
 //! sampling ratios) and any damaged file returns `Err`, and the caller falls
 //! back to the `image` crate's decoder (zune-jpeg), which is more lenient
-//! but differs from libjpeg-turbo by a few levels.
+//! but differs from libjpeg-turbo by a few levels. (Damage inside the AC
+//! scans that a 1/8 decode skips unread goes unnoticed, as in libjpeg-turbo,
+//! which reads them but only warns.)
 
 use image::{DynamicImage, GrayImage, RgbImage};
 

@@ -15,18 +15,40 @@ use image::{DynamicImage, RgbImage, RgbaImage};
 use libwebp_sys as sys;
 
 /// Decodes a still WebP whose header (read by the `image` crate) says it
-/// is `width` x `height`, as RGBA when `alpha` (not premultiplied, as
-/// Pillow's) and as RGB otherwise, at `1 / reduction` of its size
-/// (`ceil(width / reduction)` x `ceil(height / reduction)`, as a reduced
-/// JPEG; 1 is the full size, Pillow's pixels exactly); `None` when libwebp
-/// declines or disagrees about the size.
+/// is `width` x `height`, as RGBA when libwebp says it has alpha (not
+/// premultiplied, as Pillow's) and as RGB otherwise, at `1 / reduction` of
+/// its size (`ceil(width / reduction)` x `ceil(height / reduction)`, as a
+/// reduced JPEG; 1 is the full size, Pillow's pixels exactly) — except
+/// that an image with alpha is decoded at full size unless
+/// `reduce_with_alpha`: libwebp's rescaler premultiplies by alpha, which
+/// loses the colour stored under transparent pixels (what
+/// `AlphaMode::Drop` shows). Returns the image and the reduction used, or
+/// `None` when libwebp declines or disagrees about the size.
 pub(crate) fn decode(
     data: &[u8],
     (width, height): (u32, u32),
-    alpha: bool,
     reduction: u32,
-) -> Option<DynamicImage> {
-    let reduction = reduction.max(1);
+    reduce_with_alpha: bool,
+) -> Option<(DynamicImage, u32)> {
+    // SAFETY: `features` is plain data that libwebp fills in, reading
+    // `data` within `data.len()`.
+    let features = unsafe {
+        let mut features: sys::WebPBitstreamFeatures = std::mem::zeroed();
+        let status = sys::WebPGetFeatures(data.as_ptr(), data.len(), &mut features);
+        (status == sys::VP8StatusCode::VP8_STATUS_OK).then_some(features)?
+    };
+    if features.has_animation != 0
+        || i64::from(features.width) != i64::from(width)
+        || i64::from(features.height) != i64::from(height)
+    {
+        return None;
+    }
+    let alpha = features.has_alpha != 0;
+    let reduction = if alpha && !reduce_with_alpha {
+        1
+    } else {
+        reduction.max(1)
+    };
     let (out_width, out_height) = (width.div_ceil(reduction), height.div_ceil(reduction));
     let channels = if alpha { 4 } else { 3 };
     let stride = usize::try_from(out_width).ok()?.checked_mul(channels)?;
@@ -44,14 +66,7 @@ pub(crate) fn decode(
         if !sys::WebPInitDecoderConfig(&mut config) {
             return None;
         }
-        let status = sys::WebPGetFeatures(data.as_ptr(), data.len(), &mut config.input);
-        if status != sys::VP8StatusCode::VP8_STATUS_OK
-            || config.input.has_animation != 0
-            || i64::from(config.input.width) != i64::from(width)
-            || i64::from(config.input.height) != i64::from(height)
-        {
-            return None;
-        }
+        config.input = features;
         if reduction > 1 {
             config.options.use_scaling = 1;
             config.options.scaled_width = i32::try_from(out_width).ok()?;
@@ -73,11 +88,12 @@ pub(crate) fn decode(
     if !decoded {
         return None;
     }
-    Some(if alpha {
+    let image = if alpha {
         DynamicImage::ImageRgba8(RgbaImage::from_raw(out_width, out_height, pixels)?)
     } else {
         DynamicImage::ImageRgb8(RgbImage::from_raw(out_width, out_height, pixels)?)
-    })
+    };
+    Some((image, reduction))
 }
 
 #[cfg(test)]
@@ -104,7 +120,7 @@ mod tests {
         for name in ["lossy", "lossy_alpha", "lossless_alpha"] {
             let data = std::fs::read(fixture(&format!("{name}.webp"))).unwrap();
             let alpha = name.contains("alpha");
-            let ours = decode(&data, (203, 151), alpha, 1)
+            let (ours, _) = decode(&data, (203, 151), 1, true)
                 .unwrap_or_else(|| panic!("{name}: libwebp declined"));
             assert_eq!(ours.color().has_alpha(), alpha, "{name}");
             assert_eq!(ours.as_bytes(), pillow(name).as_bytes(), "{name} vs Pillow");
@@ -136,18 +152,18 @@ mod tests {
     fn animations_and_damaged_files_go_to_the_fallback() {
         let cfg = PreprocessConfig::openai(224);
         let animated = std::fs::read(fixture("animated.webp")).unwrap();
-        assert!(decode(&animated, (203, 151), false, 1).is_none());
+        assert!(decode(&animated, (203, 151), 1, true).is_none());
         let first = crate::decode_bytes(&animated, &cfg).unwrap();
         assert_eq!(first.rgb.as_raw(), pillow("animated").as_bytes());
 
         let truncated = std::fs::read(fixture("truncated.webp")).unwrap();
-        assert!(decode(&truncated, (203, 151), false, 1).is_none());
+        assert!(decode(&truncated, (203, 151), 1, true).is_none());
         let err = crate::decode_bytes(&truncated, &cfg).unwrap_err();
         assert!(matches!(err, crate::DecodeError::Corrupt { .. }), "{err:?}");
         // A header that disagrees with the data is declined, not trusted.
         let lossy = std::fs::read(fixture("lossy.webp")).unwrap();
-        assert!(decode(&lossy, (204, 151), false, 1).is_none());
-        assert!(decode(&[], (1, 1), false, 1).is_none());
+        assert!(decode(&lossy, (204, 151), 1, true).is_none());
+        assert!(decode(&[], (1, 1), 1, true).is_none());
     }
 
     /// A reduced decode has the reduced JPEG's size and stays close to the
@@ -156,17 +172,14 @@ mod tests {
     /// large enough and says so in `reduction`.
     #[test]
     fn reduced_decodes_average_the_full_decode() {
-        for (name, alpha) in [
-            ("lossy", false),
-            ("lossy_alpha", true),
-            ("lossless_alpha", true),
-        ] {
+        for name in ["lossy", "lossy_alpha", "lossless_alpha"] {
             let data = std::fs::read(fixture(&format!("{name}.webp"))).unwrap();
-            let full = decode(&data, (203, 151), alpha, 1).unwrap().into_rgba8();
+            let full = decode(&data, (203, 151), 1, true).unwrap().0.into_rgba8();
             for r in [2u32, 4, 8] {
-                let reduced = decode(&data, (203, 151), alpha, r)
-                    .unwrap_or_else(|| panic!("{name} at 1/{r}: declined"))
-                    .into_rgba8();
+                let (reduced, used) = decode(&data, (203, 151), r, true)
+                    .unwrap_or_else(|| panic!("{name} at 1/{r}: declined"));
+                assert_eq!(used, r);
+                let reduced = reduced.into_rgba8();
                 assert_eq!(
                     reduced.dimensions(),
                     (203u32.div_ceil(r), 151u32.div_ceil(r))
@@ -213,5 +226,38 @@ mod tests {
         let not_reduced = crate::decode_bytes_reduced(&data, &cfg, 100).unwrap();
         assert_eq!(not_reduced.reduction, 1);
         assert_eq!(not_reduced.rgb.as_raw(), pillow("lossy").as_bytes());
+    }
+
+    /// With alpha, a reduction is made only when the colour under
+    /// transparent pixels does not matter: `--alpha drop` (the reference's
+    /// recipe, which shows it) gets the full-size decode, exactly Pillow's.
+    #[test]
+    fn images_with_alpha_are_reduced_only_when_alpha_is_composited() {
+        let data = std::fs::read(fixture("lossless_alpha.webp")).unwrap();
+        let (image, used) = decode(&data, (203, 151), 4, false).unwrap();
+        assert_eq!((used, image.width()), (1, 203));
+        assert_eq!(image.as_bytes(), pillow("lossless_alpha").as_bytes());
+
+        let mut drop = PreprocessConfig::openai(224);
+        drop.alpha = glimpse_config::AlphaMode::Drop;
+        let decoded = crate::decode_bytes_reduced(&data, &drop, 32).unwrap();
+        assert_eq!(decoded.reduction, 1);
+        let expected = crate::rgb::into_rgb8(pillow("lossless_alpha"), drop.alpha);
+        assert_eq!(decoded.rgb, expected);
+        let white = PreprocessConfig::openai(224);
+        assert_eq!(
+            crate::decode_bytes_reduced(&data, &white, 32)
+                .unwrap()
+                .reduction,
+            4
+        );
+        // Opaque files are reduced whatever the mode.
+        let opaque = std::fs::read(fixture("lossy.webp")).unwrap();
+        assert_eq!(
+            crate::decode_bytes_reduced(&opaque, &drop, 32)
+                .unwrap()
+                .reduction,
+            4
+        );
     }
 }

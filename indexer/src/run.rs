@@ -31,7 +31,7 @@ use serde::Serialize;
 
 use crate::error::IndexError;
 use crate::metadata::read_metadata_bytes;
-use crate::thumbnail::{make_thumbnail, DEFAULT_THUMBNAIL_SIDE};
+use crate::thumbnail::{check_thumbnail_side, make_thumbnail, DEFAULT_THUMBNAIL_SIDE};
 use crate::walk::{FileKind, WalkEntry, WalkOptions, Walker};
 
 /// At most this many files are between the planner and the writer.
@@ -234,6 +234,9 @@ pub fn index_library(
     cancel: &AtomicBool,
 ) -> Result<IndexSummary, IndexError> {
     let start = Instant::now();
+    // Once, up front: a thumbnail side no photo could get would otherwise
+    // leave every photo without a thumbnail and no word said.
+    check_thumbnail_side(options.thumbnail_side)?;
     lock(library).check_model(&model_identity(clip))?;
     let mut summary = IndexSummary::default();
     let mut changes: Vec<Change> = Vec::new();
@@ -835,5 +838,42 @@ fn failure_kind(e: &DecodeError) -> FailureKind {
         DecodeError::Unsupported { .. } => FailureKind::UnsupportedFormat,
         DecodeError::TooManyPixels { .. } => FailureKind::TooLarge,
         _ => FailureKind::Corrupt,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use glimpse_clip::default_device;
+    use std::path::PathBuf;
+
+    /// A thumbnail side no JPEG can have is refused before anything is
+    /// read or written, naming the size.
+    #[test]
+    fn a_bad_thumbnail_side_is_refused_up_front() {
+        let repo = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
+        let clip = Clip::load_dir(&repo.join("tests/fixtures/clip-tiny-hf"), &default_device())
+            .expect("the tiny fixture model");
+        let dir = tempfile::tempdir().unwrap();
+        let library =
+            Mutex::new(Library::open_or_create(dir.path(), &model_identity(&clip), false).unwrap());
+        for side in [0, 65_536] {
+            let options = IndexOptions {
+                walk: WalkOptions {
+                    roots: vec![repo.join("tests/fixtures/photos")],
+                    ..WalkOptions::default()
+                },
+                thumbnail_side: side,
+                ..IndexOptions::default()
+            };
+            let cancel = AtomicBool::new(false);
+            let err = index_library(&library, &clip, &options, &|_| {}, &cancel).unwrap_err();
+            assert!(
+                matches!(err, IndexError::BadThumbnailSize { side: s } if s == side),
+                "{err:?}"
+            );
+            assert!(err.is_user_error());
+        }
+        assert_eq!(lock(&library).len(), 0);
     }
 }

@@ -13,6 +13,15 @@ pub const DEFAULT_THUMBNAIL_SIDE: u32 = 256;
 /// JPEG quality of thumbnails (1–100).
 pub const THUMBNAIL_QUALITY: u8 = 80;
 
+/// `Ok` for a thumbnail side [`make_thumbnail`] accepts: 1 to 65535
+/// pixels (a JPEG's sides are 16-bit).
+pub(crate) fn check_thumbnail_side(side: u32) -> Result<(), IndexError> {
+    if side == 0 || side > u32::from(u16::MAX) {
+        return Err(IndexError::BadThumbnailSize { side });
+    }
+    Ok(())
+}
+
 /// The size of a thumbnail of a `width` × `height` image whose longer side
 /// is at most `max_side`: the aspect ratio kept (rounded to whole pixels, at
 /// least 1), never enlarged.
@@ -45,9 +54,7 @@ pub fn thumbnail_size(width: u32, height: u32, max_side: u32) -> (u32, u32) {
 /// Fails with [`IndexError::BadThumbnailSize`] for `max_side` 0 or over
 /// 65535; the other errors are internal.
 pub fn make_thumbnail(image: &RgbImage, max_side: u32) -> Result<Vec<u8>, IndexError> {
-    if max_side == 0 || max_side > u32::from(u16::MAX) {
-        return Err(IndexError::BadThumbnailSize { side: max_side });
-    }
+    check_thumbnail_side(max_side)?;
     let (width, height) = image.dimensions();
     if width == 0 || height == 0 {
         return Err(IndexError::internal(

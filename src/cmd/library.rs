@@ -194,7 +194,7 @@ pub struct IndexArgs {
     pub commit_every: usize,
     /// `--precision` of image embedding.
     pub precision: Precision,
-    /// `--exact-decode`: no reduced JPEG decoding.
+    /// `--exact-decode`: no reduced JPEG or WebP decoding.
     pub exact_decode: bool,
 }
 
