@@ -64,6 +64,11 @@ fn build(w: u32, h: u32, data: Vec<u8>) -> RgbImage {
     RgbImage::from_raw(w, h, data).expect("buffer length is width * height * 3 by construction")
 }
 
+// The loops below write into a buffer of the final size, pixel by pixel
+// through fixed-size chunks (no capacity check per pixel, so they
+// vectorise): ~0.1 s of the shared photos' decoding went to pushing three
+// bytes at a time.
+
 fn from_rgba<T: Copy>(
     w: u32,
     h: u32,
@@ -71,17 +76,18 @@ fn from_rgba<T: Copy>(
     alpha: AlphaMode,
     to8: impl Fn(T) -> u8,
 ) -> RgbImage {
-    let mut out = Vec::with_capacity(src.len() / 4 * 3);
+    let mut out = vec![0u8; src.len() / 4 * 3];
+    let pixels = out.chunks_exact_mut(3).zip(src.chunks_exact(4));
     match alpha {
         AlphaMode::Drop => {
-            for p in src.chunks_exact(4) {
-                out.extend_from_slice(&[to8(p[0]), to8(p[1]), to8(p[2])]);
+            for (o, p) in pixels {
+                o.copy_from_slice(&[to8(p[0]), to8(p[1]), to8(p[2])]);
             }
         }
         AlphaMode::White => {
-            for p in src.chunks_exact(4) {
+            for (o, p) in pixels {
                 let a = to8(p[3]);
-                out.extend_from_slice(&[
+                o.copy_from_slice(&[
                     over_white(to8(p[0]), a),
                     over_white(to8(p[1]), a),
                     over_white(to8(p[2]), a),
@@ -93,10 +99,10 @@ fn from_rgba<T: Copy>(
 }
 
 fn from_luma<T: Copy>(w: u32, h: u32, src: &[T], to8: impl Fn(T) -> u8) -> RgbImage {
-    let mut out = Vec::with_capacity(src.len() * 3);
-    for &v in src {
+    let mut out = vec![0u8; src.len() * 3];
+    for (o, &v) in out.chunks_exact_mut(3).zip(src) {
         let v = to8(v);
-        out.extend_from_slice(&[v, v, v]);
+        o.copy_from_slice(&[v, v, v]);
     }
     build(w, h, out)
 }
@@ -108,13 +114,13 @@ fn from_luma_alpha<T: Copy>(
     alpha: AlphaMode,
     to8: impl Fn(T) -> u8,
 ) -> RgbImage {
-    let mut out = Vec::with_capacity(src.len() / 2 * 3);
-    for p in src.chunks_exact(2) {
+    let mut out = vec![0u8; src.len() / 2 * 3];
+    for (o, p) in out.chunks_exact_mut(3).zip(src.chunks_exact(2)) {
         let v = match alpha {
             AlphaMode::Drop => to8(p[0]),
             AlphaMode::White => over_white(to8(p[0]), to8(p[1])),
         };
-        out.extend_from_slice(&[v, v, v]);
+        o.copy_from_slice(&[v, v, v]);
     }
     build(w, h, out)
 }
@@ -186,5 +192,59 @@ mod tests {
         let img = ImageBuffer::from_pixel(1, 1, image::Luma([0xabcdu16]));
         let rgb = into_rgb8(DynamicImage::ImageLuma16(img), AlphaMode::White);
         assert_eq!(rgb.as_raw(), &[0xab, 0xab, 0xab]);
+    }
+
+    /// Every conversion equals its per-pixel definition on pseudo-random
+    /// images of odd sizes (all alpha values and channel values occur).
+    #[test]
+    fn conversions_equal_their_per_pixel_definition() {
+        let mut state = 7u32;
+        let mut next = move || {
+            state = state.wrapping_mul(1_103_515_245).wrapping_add(12345);
+            (state >> 8) as u16
+        };
+        let (w, h) = (37u32, 29u32);
+        let rgba8: Vec<u8> = (0..w * h * 4).map(|_| next() as u8).collect();
+        let la8: Vec<u8> = (0..w * h * 2).map(|_| next() as u8).collect();
+        let l8: Vec<u8> = (0..w * h).map(|_| next() as u8).collect();
+        let rgba16: Vec<u16> = (0..w * h * 4).map(|_| next()).collect();
+        for mode in [AlphaMode::Drop, AlphaMode::White] {
+            let comp = |c: u8, a: u8| match mode {
+                AlphaMode::Drop => c,
+                AlphaMode::White => over_white(c, a),
+            };
+            let image =
+                DynamicImage::ImageRgba8(ImageBuffer::from_raw(w, h, rgba8.clone()).unwrap());
+            let expected: Vec<u8> = rgba8
+                .chunks(4)
+                .flat_map(|p| [comp(p[0], p[3]), comp(p[1], p[3]), comp(p[2], p[3])])
+                .collect();
+            assert_eq!(into_rgb8(image, mode).as_raw(), &expected, "rgba8 {mode:?}");
+
+            let image =
+                DynamicImage::ImageLumaA8(ImageBuffer::from_raw(w, h, la8.clone()).unwrap());
+            let expected: Vec<u8> = la8.chunks(2).flat_map(|p| [comp(p[0], p[1]); 3]).collect();
+            assert_eq!(into_rgb8(image, mode).as_raw(), &expected, "la8 {mode:?}");
+
+            let image = DynamicImage::ImageLuma8(ImageBuffer::from_raw(w, h, l8.clone()).unwrap());
+            let expected: Vec<u8> = l8.iter().flat_map(|&v| [v; 3]).collect();
+            assert_eq!(into_rgb8(image, mode).as_raw(), &expected, "l8 {mode:?}");
+
+            let image =
+                DynamicImage::ImageRgba16(ImageBuffer::from_raw(w, h, rgba16.clone()).unwrap());
+            let hb = |v: u16| (v >> 8) as u8;
+            let expected: Vec<u8> = rgba16
+                .chunks(4)
+                .flat_map(|p| {
+                    let a = hb(p[3]);
+                    [comp(hb(p[0]), a), comp(hb(p[1]), a), comp(hb(p[2]), a)]
+                })
+                .collect();
+            assert_eq!(
+                into_rgb8(image, mode).as_raw(),
+                &expected,
+                "rgba16 {mode:?}"
+            );
+        }
     }
 }
