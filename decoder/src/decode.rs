@@ -243,28 +243,16 @@ fn decode_as(
 
     let reduction = min_side.map_or(1, |min_side| reduction_for((width, height), min_side));
     let exact = if format == ImageFormat::Jpeg {
-        libjpeg_turbo_exact(bytes, (width, height), reduction)
-            .map(|image| (image, reduction))
-            .or_else(|| {
-                // A variant the reduced path declines may still decode at
-                // full size exactly.
-                (reduction > 1)
-                    .then(|| libjpeg_turbo_exact(bytes, (width, height), 1))
-                    .flatten()
-                    .map(|image| (image, 1))
-            })
+        reduced_or_full(reduction, |r| {
+            libjpeg_turbo_exact(bytes, (width, height), r).map(|image| (image, r))
+        })
     } else if format == ImageFormat::WebP {
         // Alpha composited onto white hides the colour that libwebp's
         // rescaler loses under transparent pixels; `Drop` shows it.
         let reduce_with_alpha = cfg.alpha != AlphaMode::Drop;
-        let decode = |reduction| {
-            catch_unwind(AssertUnwindSafe(|| {
-                webp::decode(bytes, (width, height), reduction, reduce_with_alpha)
-            }))
-            .ok()
-            .flatten()
-        };
-        decode(reduction).or_else(|| (reduction > 1).then(|| decode(1)).flatten())
+        reduced_or_full(reduction, |r| {
+            webp::decode(bytes, (width, height), r, reduce_with_alpha)
+        })
     } else {
         None
     };
@@ -302,19 +290,28 @@ fn reduction_for((width, height): (u32, u32), min_side: u32) -> u32 {
         .unwrap_or(1)
 }
 
+/// `decode(reduction)` — one of the codecs that reproduce Pillow (this
+/// crate's JPEG decoder, libwebp), returning the image and the reduction it
+/// made — or, when it declines a reduced decode, `decode(1)`: a variant the
+/// reduced path declines may still decode at full size. `None` (a panic
+/// counts as declining) sends the caller to the `image` crate's decoder.
+fn reduced_or_full(
+    reduction: u32,
+    decode: impl Fn(u32) -> Option<(DynamicImage, u32)>,
+) -> Option<(DynamicImage, u32)> {
+    let attempt = |r| catch_unwind(AssertUnwindSafe(|| decode(r))).ok().flatten();
+    attempt(reduction).or_else(|| (reduction > 1).then(|| attempt(1)).flatten())
+}
+
 /// Decodes a JPEG with the libjpeg-turbo-exact decoder, or `None` when it
-/// declines (unsupported variant, damaged data, even a panic), in which case
-/// the `image` crate's decoder is used.
+/// declines (unsupported variant, damaged data), in which case the `image`
+/// crate's decoder is used.
 fn libjpeg_turbo_exact(
     bytes: &[u8],
     (width, height): (u32, u32),
     reduction: u32,
 ) -> Option<DynamicImage> {
-    let image = catch_unwind(AssertUnwindSafe(|| {
-        jpeg::decode_reduced(bytes, reduction as usize)
-    }))
-    .ok()?
-    .ok()?;
+    let image = jpeg::decode_reduced(bytes, reduction as usize).ok()?;
     (image.dimensions() == (width.div_ceil(reduction), height.div_ceil(reduction))).then_some(image)
 }
 

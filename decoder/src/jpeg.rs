@@ -997,7 +997,12 @@ impl Decoder {
         // AC scans of a component reduced to 1x1 blocks carry nothing its
         // IDCT reads (libjpeg decodes them all the same; the output is
         // identical): most of a progressive file's entropy decoding.
-        if self.progressive && ss > 0 && members.iter().all(|&ci| self.comps[ci].size == 1) {
+        if self.progressive
+            && ss > 0
+            && members
+                .iter()
+                .all(|&ci| self.comps[ci].coefs_per_block() == 1)
+        {
             return Ok(skip_entropy_data(data, start));
         }
         for &ci in &members {
