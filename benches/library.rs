@@ -5,8 +5,10 @@
 //!   `GLIMPSE_BENCH_VITB32` names a ViT-B/32 folder, with that model; peak RSS.
 //! - `vectors`: a library of N CLIP-like 512-d vectors (default 100,000;
 //!   `--n`): build time (commits + graph), startup time (open + warm up),
-//!   recall@10 of the graph against the exact scan, queries/s of both,
-//!   and RAM per photo of the loaded vectors.
+//!   recall@10 of the graph against the exact scan, recall@10 of the scan
+//!   against exact f32 brute force (queries near photos and weak,
+//!   text-like ones), queries/s of both, and RAM per photo of the loaded
+//!   vectors.
 //!
 //! `cargo bench --bench library -- [--n N] [--skip-indexing] [--skip-vectors]
 //! [--no-graph]` (`--no-graph`: no graph recall or timings, so no graph is
@@ -30,6 +32,55 @@ fn index_folder(model: &Path, photos: &Path) -> serde_json::Value {
     report.insert("second_run_seconds".into(), json!(runs[1].seconds));
     report.insert("second_run_unchanged".into(), json!(runs[1].unchanged));
     report.into()
+}
+
+/// Recall@10 of the scan (`SearchMethod::Exact`: 4-bit sketch pass, int8
+/// rows, exact f32 re-scoring) against the exact f32 ranking of every
+/// embedding in `library`: for `near` queries (CLIP-like points, as the
+/// timings use) and for as many weak, text-like ones (a centre plus heavy
+/// noise), with the mean cosine of their best photo.
+fn scan_recall(
+    library: &mut Library,
+    near: &[Vec<f32>],
+    rng: &mut Rng,
+    centres: &[Vec<f32>],
+) -> serde_json::Value {
+    let records: Vec<u64> = library.photos().map(|r| r.expect("photo").id).collect();
+    let all: Vec<(u64, Vec<f32>)> = records
+        .into_iter()
+        .filter_map(|id| library.embedding(id).expect("embedding").map(|e| (id, e)))
+        .collect();
+    let weak: Vec<Vec<f32>> = (0..near.len())
+        .map(|i| {
+            let c = &centres[(i * 37) % centres.len()];
+            support::unit(c.iter().map(|x| x + 0.15 * rng.next()).collect())
+        })
+        .collect();
+    let mut recall = |queries: &[Vec<f32>]| {
+        let (mut found, mut best) = (0usize, 0f64);
+        for q in queries {
+            let mut truth: Vec<(f32, u64)> = all
+                .iter()
+                .map(|(id, e)| (e.iter().zip(q).map(|(a, b)| a * b).sum(), *id))
+                .collect();
+            truth.sort_by(|a, b| b.0.total_cmp(&a.0));
+            best += f64::from(truth[0].0);
+            let request = SearchRequest {
+                vector: q.clone(),
+                k: 10,
+                method: SearchMethod::Exact,
+                ..SearchRequest::default()
+            };
+            let hits = library.search(&request).expect("search").hits;
+            found += truth[..10]
+                .iter()
+                .filter(|(_, id)| hits.iter().any(|h| h.id == *id))
+                .count();
+        }
+        let n = queries.len() as f64;
+        json!({"recall": found as f64 / (10.0 * n), "best_cosine_mean": best / n})
+    };
+    json!({ "near_queries": recall(near), "weak_queries": recall(&weak) })
 }
 
 fn vectors(n: usize, with_graph: bool) -> serde_json::Value {
@@ -100,6 +151,7 @@ fn vectors(n: usize, with_graph: bool) -> serde_json::Value {
         (f64::NAN, f64::NAN)
     };
     let rss_after_graph = status_kb("VmRSS:");
+    let scan_recall = scan_recall(&mut library, &queries[..50], &mut rng, &centres);
     let per_photo = |kb: u64| (kb.saturating_sub(rss_before) * 1024) as f64 / n as f64;
     json!({
         "n": n,
@@ -112,6 +164,7 @@ fn vectors(n: usize, with_graph: bool) -> serde_json::Value {
         "exact_ms_p50": exact_p50,
         "exact_ms_p99": exact_p99,
         "exact_qps": 1e3 / exact_p50,
+        "scan_recall_at_10": scan_recall,
         "graph_ms_p50": if with_graph { json!(graph_p50) } else { json!(null) },
         "graph_ms_p99": if with_graph { json!(graph_p99) } else { json!(null) },
         "vector_bytes_per_photo": vector_bytes as f64 / n as f64,

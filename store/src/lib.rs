@@ -28,6 +28,7 @@ mod keywords;
 mod library;
 mod record;
 mod search;
+mod sketch;
 mod vectors;
 
 pub use dates::{format_date, format_iso, parse_date};

@@ -576,12 +576,19 @@ impl Library {
     pub(crate) fn vectors(&mut self) -> Result<&VectorSet, StoreError> {
         if self.vectors.is_none() {
             let mut set = VectorSet::new(self.header.model.dim);
+            // In batches, quantised and sketched on all threads.
+            const LOAD_BATCH: usize = 4096;
+            let mut batch = Vec::with_capacity(LOAD_BATCH);
             for item in self.db.scan_prefix([keys::EMBEDDING]) {
                 let (key, value) = item.map_err(|e| self.db_error(e))?;
                 let id = keys::trailing_id(&key).unwrap_or(0);
                 match keys::decode_embedding(&value) {
                     Some((vid, vector)) if vector.len() == self.header.model.dim => {
-                        set.upsert(id, vid, &vector)
+                        batch.push((id, vid, vector));
+                        if batch.len() == LOAD_BATCH {
+                            set.upsert_batch(&batch);
+                            batch.clear();
+                        }
                     }
                     _ => {
                         return Err(StoreError::Corrupt {
@@ -591,6 +598,7 @@ impl Library {
                     }
                 }
             }
+            set.upsert_batch(&batch);
             self.vectors = Some(set);
         }
         Ok(self.vectors.as_ref().expect("just loaded"))
