@@ -619,9 +619,15 @@ impl Library {
 
     /// Loads what searches need (vectors, filter catalog, keyword index, and
     /// the graph when the library is large enough to use it), so that the
-    /// first query is as fast as the others.
+    /// first query is as fast as the others; and, since many queries will
+    /// follow, the vectors' 4-bit sketches, which large scans read first
+    /// (a one-off search does without: building them costs more than they
+    /// save it).
     pub fn warm_up(&mut self) -> Result<(), StoreError> {
         self.vectors()?;
+        if let Some(set) = &mut self.vectors {
+            set.build_sketches();
+        }
         self.catalog()?;
         self.keywords()?;
         if self.vectors()?.len() > crate::search::EXACT_SCAN_MAX {

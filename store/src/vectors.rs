@@ -14,10 +14,11 @@
 //! candidates with the exact f32 embeddings kept in sled, so the scores it
 //! returns are exact and only the choice of candidates is approximate.
 //!
-//! A large unfiltered scan (from [`SKETCH_MIN_ROWS`] rows) reads a 4-bit
-//! sketch of every row first (see [`crate::sketch`]): half the bytes of the
-//! int8 rows. Its best [`sketch_candidates`] are scored with the int8 rows
-//! as above; the rest are never read at int8.
+//! Once [`VectorSet::build_sketches`] has been called (a server warming
+//! up), a large unfiltered scan (from [`SKETCH_MIN_ROWS`] rows) reads a
+//! 4-bit sketch of every row first (see [`crate::sketch`]): half the bytes
+//! of the int8 rows. Its best [`sketch_candidates`] are scored with the
+//! int8 rows as above; the rest are never read at int8.
 
 use std::cmp::Ordering;
 use std::collections::{BinaryHeap, HashMap};
@@ -55,11 +56,9 @@ pub(crate) struct VectorSet {
     vids: Vec<u64>,
     codes: Vec<i8>,
     scales: Vec<f32>,
-    sketcher: Sketcher,
-    /// 4-bit sketch of every row (`sketcher.row_bytes()` each).
-    sketches: Vec<u8>,
-    /// Each sketch's step.
-    sketch_steps: Vec<f32>,
+    /// The rows' 4-bit sketches, once [`build_sketches`](Self::build_sketches)
+    /// asked for them.
+    sketches: Option<Sketches>,
     row_of_id: HashMap<u64, usize>,
     id_of_vid: HashMap<u64, u64>,
 }
@@ -92,9 +91,7 @@ impl VectorSet {
             vids: Vec::new(),
             codes: Vec::new(),
             scales: Vec::new(),
-            sketcher: Sketcher::new(dim),
-            sketches: Vec::new(),
-            sketch_steps: Vec::new(),
+            sketches: None,
             row_of_id: HashMap::new(),
             id_of_vid: HashMap::new(),
         }
@@ -109,11 +106,29 @@ impl VectorSet {
     pub(crate) fn upsert(&mut self, id: u64, vid: u64, vector: &[f32]) {
         debug_assert_eq!(vector.len(), self.dim);
         let row = self.row_for(id, vid);
-        let (dim, bytes) = (self.dim, self.sketcher.row_bytes());
+        let dim = self.dim;
         self.scales[row] = quantize(vector, &mut self.codes[row * dim..(row + 1) * dim]);
-        self.sketch_steps[row] = self
-            .sketcher
-            .encode(vector, &mut self.sketches[row * bytes..(row + 1) * bytes]);
+        self.sketch_row(row);
+    }
+
+    /// Rewrites row `row`'s sketch (where sketches are kept) from its int8
+    /// codes.
+    fn sketch_row(&mut self, row: usize) {
+        let dim = self.dim;
+        if let Some(sketches) = &mut self.sketches {
+            let codes = &self.codes[row * dim..(row + 1) * dim];
+            sketches.write(row, codes, self.scales[row]);
+        }
+    }
+
+    /// Builds the 4-bit sketch of every row (on all threads), kept up to
+    /// date from then on, so that large unfiltered scans read them first.
+    /// Worth it for a process that answers many queries (a server warming
+    /// up), not for a single search: 100k rows take ≈ 0.1 s.
+    pub(crate) fn build_sketches(&mut self) {
+        if self.sketches.is_none() {
+            self.sketches = Some(Sketches::build(self.dim, &self.codes, &self.scales));
+        }
     }
 
     /// The row of photo `id`, now under version `vid`: its own, or a new
@@ -132,9 +147,9 @@ impl VectorSet {
                 self.vids.push(vid);
                 self.codes.resize((row + 1) * self.dim, 0);
                 self.scales.push(0.0);
-                self.sketches
-                    .resize((row + 1) * self.sketcher.row_bytes(), 0);
-                self.sketch_steps.push(0.0);
+                if let Some(sketches) = &mut self.sketches {
+                    sketches.push();
+                }
                 row
             }
         };
@@ -143,25 +158,22 @@ impl VectorSet {
     }
 
     /// [`upsert`](Self::upsert) for many vectors (the vectors of a
-    /// library being loaded), quantised and sketched on all threads.
+    /// library being loaded), quantised on all threads.
     pub(crate) fn upsert_batch(&mut self, items: &[(u64, u64, Vec<f32>)]) {
-        let (dim, bytes) = (self.dim, self.sketcher.row_bytes());
-        let encoded: Vec<(Vec<i8>, f32, Vec<u8>, f32)> = items
+        let dim = self.dim;
+        let encoded: Vec<(Vec<i8>, f32)> = items
             .par_iter()
             .map(|(_, _, vector)| {
                 let mut codes = vec![0i8; dim];
                 let scale = quantize(vector, &mut codes);
-                let mut sketch = vec![0u8; bytes];
-                let step = self.sketcher.encode(vector, &mut sketch);
-                (codes, scale, sketch, step)
+                (codes, scale)
             })
             .collect();
-        for ((id, vid, _), (codes, scale, sketch, step)) in items.iter().zip(encoded) {
+        for ((id, vid, _), (codes, scale)) in items.iter().zip(encoded) {
             let row = self.row_for(*id, *vid);
             self.codes[row * dim..(row + 1) * dim].copy_from_slice(&codes);
             self.scales[row] = scale;
-            self.sketches[row * bytes..(row + 1) * bytes].copy_from_slice(&sketch);
-            self.sketch_steps[row] = step;
+            self.sketch_row(row);
         }
     }
 
@@ -176,20 +188,20 @@ impl VectorSet {
             self.ids.swap(row, last);
             self.vids.swap(row, last);
             self.scales.swap(row, last);
-            self.sketch_steps.swap(row, last);
             let (head, tail) = self.codes.split_at_mut(last * self.dim);
             head[row * self.dim..(row + 1) * self.dim].copy_from_slice(&tail[..self.dim]);
-            let bytes = self.sketcher.row_bytes();
-            let (head, tail) = self.sketches.split_at_mut(last * bytes);
-            head[row * bytes..(row + 1) * bytes].copy_from_slice(&tail[..bytes]);
+            if let Some(sketches) = &mut self.sketches {
+                sketches.move_last_to(row);
+            }
             self.row_of_id.insert(self.ids[row], row);
         }
         self.ids.pop();
         self.vids.pop();
         self.scales.pop();
-        self.sketch_steps.pop();
         self.codes.truncate(last * self.dim);
-        self.sketches.truncate(last * self.sketcher.row_bytes());
+        if let Some(sketches) = &mut self.sketches {
+            sketches.pop();
+        }
     }
 
     /// Whether photo `id` has a vector.
@@ -205,11 +217,10 @@ impl VectorSet {
     }
 
     fn dequantize(&self, row: usize) -> Vec<f32> {
-        let scale = self.scales[row];
-        self.codes[row * self.dim..(row + 1) * self.dim]
-            .iter()
-            .map(|c| f32::from(*c) * scale)
-            .collect()
+        dequantize(
+            &self.codes[row * self.dim..(row + 1) * self.dim],
+            self.scales[row],
+        )
     }
 
     /// The approximate cosine of `query` with row `row`, by `kernel`.
@@ -233,8 +244,7 @@ impl VectorSet {
     pub(crate) fn heap_bytes(&self) -> usize {
         self.codes.capacity()
             + self.scales.capacity() * 4
-            + self.sketches.capacity()
-            + self.sketch_steps.capacity() * 4
+            + self.sketches.as_ref().map_or(0, Sketches::heap_bytes)
             + (self.ids.capacity() + self.vids.capacity()) * 8
             + (self.row_of_id.capacity() + self.id_of_vid.capacity()) * 24
     }
@@ -318,22 +328,26 @@ impl VectorSet {
             heap
         };
         let n = self.ids.len();
-        let sketched = keep.is_none() && n >= sketch_min_rows && sketch_candidates(k) < n / 4;
-        let heap = match sketched.then(|| self.sketcher.query(query)).flatten() {
-            Some(sketch_query) => {
+        let sketches = self
+            .sketches
+            .as_ref()
+            .filter(|_| keep.is_none() && n >= sketch_min_rows && sketch_candidates(k) < n / 4);
+        let prepared = sketches.and_then(|s| Some((s, s.sketcher.query(query)?)));
+        let heap = match prepared {
+            Some((sketches, sketch_query)) => {
                 // The sketch pass ranks rows (ids are row numbers here)...
                 let r = sketch_candidates(k);
                 let rows = split_scan(n, r, |rows| {
                     let mut heap = BinaryHeap::with_capacity(r + 1);
                     let mut estimates = [0f32; SCAN_BLOCK];
-                    let bytes = self.sketcher.row_bytes();
+                    let bytes = sketches.sketcher.row_bytes();
                     for start in rows.clone().step_by(SCAN_BLOCK) {
                         let end = (start + SCAN_BLOCK).min(rows.end);
                         let estimates = &mut estimates[..end - start];
-                        self.sketcher.dots(
+                        sketches.sketcher.dots(
                             &sketch_query,
-                            &self.sketches[start * bytes..end * bytes],
-                            &self.sketch_steps[start..end],
+                            &sketches.bytes[start * bytes..end * bytes],
+                            &sketches.steps[start..end],
                             estimates,
                         );
                         for (row, score) in (start..end).zip(estimates.iter()) {
@@ -370,6 +384,90 @@ impl VectorSet {
         });
         out.into_iter().map(|s| (s.id, s.score)).collect()
     }
+}
+
+/// The 4-bit sketch of every row, in row order (see [`crate::sketch`]),
+/// made from the rows' int8 codes: a sketch quantises again what the int8
+/// row kept, which changes its estimates by far less than its own 16 levels.
+struct Sketches {
+    sketcher: Sketcher,
+    /// `sketcher.row_bytes()` per row.
+    bytes: Vec<u8>,
+    /// Each row's step.
+    steps: Vec<f32>,
+}
+
+impl Sketches {
+    /// Sketches of every row of `codes` (`dim` per row, scales `scales`),
+    /// on all threads.
+    fn build(dim: usize, codes: &[i8], scales: &[f32]) -> Self {
+        let sketcher = Sketcher::new(dim);
+        let row_bytes = sketcher.row_bytes();
+        let mut bytes = vec![0u8; scales.len() * row_bytes];
+        let mut steps = vec![0f32; scales.len()];
+        bytes
+            .par_chunks_mut(row_bytes * 256)
+            .zip(steps.par_chunks_mut(256))
+            .zip(
+                codes
+                    .par_chunks(dim.max(1) * 256)
+                    .zip(scales.par_chunks(256)),
+            )
+            .for_each(|((bytes, steps), (codes, scales))| {
+                let rows = bytes.chunks_exact_mut(row_bytes).zip(steps.iter_mut());
+                for ((out, step), (codes, scale)) in
+                    rows.zip(codes.chunks_exact(dim.max(1)).zip(scales))
+                {
+                    *step = sketcher.encode(&dequantize(codes, *scale), out);
+                }
+            });
+        Self {
+            sketcher,
+            bytes,
+            steps,
+        }
+    }
+
+    /// Writes row `row` from its int8 `codes` and `scale`.
+    fn write(&mut self, row: usize, codes: &[i8], scale: f32) {
+        let n = self.sketcher.row_bytes();
+        self.steps[row] = self.sketcher.encode(
+            &dequantize(codes, scale),
+            &mut self.bytes[row * n..(row + 1) * n],
+        );
+    }
+
+    /// Appends a row (written next by [`write`](Self::write)).
+    fn push(&mut self) {
+        self.bytes
+            .resize(self.bytes.len() + self.sketcher.row_bytes(), 0);
+        self.steps.push(0.0);
+    }
+
+    /// Moves the last row into row `row` (the last row is then popped).
+    fn move_last_to(&mut self, row: usize) {
+        let n = self.sketcher.row_bytes();
+        let last = self.steps.len() - 1;
+        self.steps[row] = self.steps[last];
+        let (head, tail) = self.bytes.split_at_mut(last * n);
+        head[row * n..(row + 1) * n].copy_from_slice(&tail[..n]);
+    }
+
+    /// Drops the last row.
+    fn pop(&mut self) {
+        self.steps.pop();
+        self.bytes
+            .truncate(self.steps.len() * self.sketcher.row_bytes());
+    }
+
+    fn heap_bytes(&self) -> usize {
+        self.bytes.capacity() + self.steps.capacity() * 4
+    }
+}
+
+/// An int8 row as f32: `code · scale`.
+fn dequantize(codes: &[i8], scale: f32) -> Vec<f32> {
+    codes.iter().map(|c| f32::from(*c) * scale).collect()
 }
 
 /// A min-heap entry: the heap's top is the worst of the best `k` so far.
@@ -746,21 +844,33 @@ mod tests {
                 )
             })
             .collect();
+        // `one` keeps sketches up to date row by row, `batch` builds them
+        // at the end: the same either way.
         let (mut one, mut batch) = (VectorSet::new(dim), VectorSet::new(dim));
+        one.build_sketches();
         for (id, vid, v) in &items {
             one.upsert(*id, *vid, v);
         }
         batch.upsert_batch(&items[..25]);
         batch.upsert_batch(&items[25..]);
+        assert!(batch.sketches.is_none());
+        batch.build_sketches();
         assert_eq!(
             (one.ids.clone(), one.vids.clone()),
             (batch.ids.clone(), batch.vids.clone())
         );
         assert_eq!((&one.codes, &one.scales), (&batch.codes, &batch.scales));
-        assert_eq!(
-            (&one.sketches, &one.sketch_steps),
-            (&batch.sketches, &batch.sketch_steps)
-        );
+        let bytes = |set: &VectorSet| {
+            let s = set.sketches.as_ref().unwrap();
+            (s.bytes.clone(), s.steps.clone())
+        };
+        assert_eq!(bytes(&one), bytes(&batch));
+        // Removing rows keeps each sketch with its row.
+        for id in [0, 7, 29, 12] {
+            one.remove(id);
+        }
+        let rebuilt = Sketches::build(dim, &one.codes, &one.scales);
+        assert_eq!(bytes(&one), (rebuilt.bytes, rebuilt.steps));
         assert_eq!(batch.id_of_vid(3), None);
         assert_eq!(batch.id_of_vid(33), Some(3));
     }
@@ -792,6 +902,7 @@ mod tests {
             v[..4].iter_mut().for_each(|x| *x *= 6.0);
             set.upsert(id, id, &unit(&v));
         }
+        set.build_sketches();
         for id in 0..50 {
             set.remove(id * 7);
         }
