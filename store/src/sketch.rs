@@ -29,6 +29,8 @@
 //! vectors when a library opens) and it only ranks: its estimates never
 //! reach a result.
 
+use crate::vectors::quantize;
+
 /// Components per packed block: 64 bytes of two nibbles.
 const BLOCK: usize = 128;
 
@@ -164,21 +166,13 @@ impl Sketcher {
     /// non-finite query (nothing to rank by).
     pub(crate) fn query(&self, query: &[f32]) -> Option<SketchQuery> {
         let y = self.rotate(query);
-        let max = y.iter().fold(0f32, |m, v| m.max(v.abs()));
-        if max == 0.0 || !max.is_finite() {
+        let mut codes = vec![0i8; y.len()];
+        let scale = quantize(&y, &mut codes);
+        if scale == 0.0 {
             return None;
         }
-        let inv = 127.0 / max;
-        let codes: Vec<i8> = y
-            .iter()
-            .map(|v| (v * inv).round().clamp(-127.0, 127.0) as i8)
-            .collect();
         let sum = codes.iter().map(|c| i32::from(*c)).sum();
-        Some(SketchQuery {
-            codes,
-            scale: max / 127.0,
-            sum,
-        })
+        Some(SketchQuery { codes, scale, sum })
     }
 
     /// The estimated `query · row` of each row of `sketches`
@@ -219,8 +213,10 @@ fn code_dots(q: &[i8], sketches: &[u8], out: &mut [i32]) {
     code_dots_portable(q, sketches, out);
 }
 
+/// Whether this CPU has AVX512F, AVX512BW and AVX512_VNNI (checked once):
+/// what this crate's integer dot-product kernels need.
 #[cfg(target_arch = "x86_64")]
-fn vnni() -> bool {
+pub(crate) fn vnni() -> bool {
     static HAS: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
     *HAS.get_or_init(|| {
         std::arch::is_x86_feature_detected!("avx512f")

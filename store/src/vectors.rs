@@ -303,29 +303,14 @@ impl VectorSet {
                 }
                 return heap;
             }
-            // Blocks of rows in one kernel call each.
-            let mut dots = [0f32; SCAN_BLOCK];
-            for start in rows.clone().step_by(SCAN_BLOCK) {
-                let end = (start + SCAN_BLOCK).min(rows.end);
-                let dots = &mut dots[..end - start];
-                query_dot.dot_rows(
-                    &self.codes[start * self.dim..end * self.dim],
-                    self.dim,
-                    dots,
-                );
-                for (row, dot) in (start..end).zip(dots.iter()) {
-                    let score = self.scales[row] * dot;
-                    push_top(
-                        &mut heap,
-                        k,
-                        Scored {
-                            score,
-                            id: self.ids[row],
-                        },
-                    );
+            let dim = self.dim;
+            let kernel = |block: std::ops::Range<usize>, dots: &mut [f32]| {
+                query_dot.dot_rows(&self.codes[block.start * dim..block.end * dim], dim, dots);
+                for (dot, scale) in dots.iter_mut().zip(&self.scales[block]) {
+                    *dot *= scale;
                 }
-            }
-            heap
+            };
+            top_of_blocks(rows, k, kernel, |row| self.ids[row])
         };
         let n = self.ids.len();
         let sketches = self
@@ -337,25 +322,17 @@ impl VectorSet {
             Some((sketches, sketch_query)) => {
                 // The sketch pass ranks rows (ids are row numbers here)...
                 let r = sketch_candidates(k);
+                let bytes = sketches.sketcher.row_bytes();
                 let rows = split_scan(n, r, |rows| {
-                    let mut heap = BinaryHeap::with_capacity(r + 1);
-                    let mut estimates = [0f32; SCAN_BLOCK];
-                    let bytes = sketches.sketcher.row_bytes();
-                    for start in rows.clone().step_by(SCAN_BLOCK) {
-                        let end = (start + SCAN_BLOCK).min(rows.end);
-                        let estimates = &mut estimates[..end - start];
+                    let kernel = |block: std::ops::Range<usize>, estimates: &mut [f32]| {
                         sketches.sketcher.dots(
                             &sketch_query,
-                            &sketches.bytes[start * bytes..end * bytes],
-                            &sketches.steps[start..end],
+                            &sketches.bytes[block.start * bytes..block.end * bytes],
+                            &sketches.steps[block],
                             estimates,
                         );
-                        for (row, score) in (start..end).zip(estimates.iter()) {
-                            let id = row as u64;
-                            push_top(&mut heap, r, Scored { score: *score, id });
-                        }
-                    }
-                    heap
+                    };
+                    top_of_blocks(rows, r, kernel, |row| row as u64)
                 });
                 // ...and its best are scored with the int8 rows.
                 let mut heap = BinaryHeap::with_capacity(k + 1);
@@ -406,20 +383,12 @@ impl Sketches {
         let mut bytes = vec![0u8; scales.len() * row_bytes];
         let mut steps = vec![0f32; scales.len()];
         bytes
-            .par_chunks_mut(row_bytes * 256)
-            .zip(steps.par_chunks_mut(256))
-            .zip(
-                codes
-                    .par_chunks(dim.max(1) * 256)
-                    .zip(scales.par_chunks(256)),
-            )
-            .for_each(|((bytes, steps), (codes, scales))| {
-                let rows = bytes.chunks_exact_mut(row_bytes).zip(steps.iter_mut());
-                for ((out, step), (codes, scale)) in
-                    rows.zip(codes.chunks_exact(dim.max(1)).zip(scales))
-                {
-                    *step = sketcher.encode(&dequantize(codes, *scale), out);
-                }
+            .par_chunks_mut(row_bytes)
+            .zip(steps.par_iter_mut())
+            .enumerate()
+            .for_each(|(row, (out, step))| {
+                let codes = &codes[row * dim..(row + 1) * dim];
+                *step = sketcher.encode(&dequantize(codes, scales[row]), out);
             });
         Self {
             sketcher,
@@ -494,6 +463,29 @@ impl Ord for Scored {
             .total_cmp(&self.score)
             .then(self.id.cmp(&other.id))
     }
+}
+
+/// The best `k` of `rows`, scored [`SCAN_BLOCK`] rows per `kernel` call
+/// (`kernel(block, scores)` writes one score per row of `block`), each
+/// entered under `id(row)` (which also breaks ties).
+fn top_of_blocks(
+    rows: std::ops::Range<usize>,
+    k: usize,
+    kernel: impl Fn(std::ops::Range<usize>, &mut [f32]),
+    id: impl Fn(usize) -> u64,
+) -> BinaryHeap<Scored> {
+    let mut heap = BinaryHeap::with_capacity(k + 1);
+    let mut scores = [0f32; SCAN_BLOCK];
+    for start in rows.clone().step_by(SCAN_BLOCK) {
+        let end = (start + SCAN_BLOCK).min(rows.end);
+        let scores = &mut scores[..end - start];
+        kernel(start..end, scores);
+        for (row, score) in (start..end).zip(scores.iter()) {
+            let id = id(row);
+            push_top(&mut heap, k, Scored { score: *score, id });
+        }
+    }
+    heap
 }
 
 /// `scan` over all `n` rows, split across threads from
@@ -589,9 +581,7 @@ impl<'a> QueryDot<'a> {
 fn fixed_point_query(query: &[f32]) -> Option<(Vec<i16>, f32)> {
     #[cfg(target_arch = "x86_64")]
     {
-        let has = std::arch::is_x86_feature_detected!("avx512f")
-            && std::arch::is_x86_feature_detected!("avx512bw")
-            && std::arch::is_x86_feature_detected!("avx512vnni");
+        let has = crate::sketch::vnni();
         let max = query.iter().fold(0f32, |m, x| m.max(x.abs()));
         if !has || max == 0.0 || query.iter().any(|x| !x.is_finite()) {
             return None;
