@@ -250,6 +250,11 @@ mod avx512 {
     /// `vpdpbusd` latency.
     const ROWS: usize = 4;
 
+    /// Bytes ahead of each load that the kernel asks the cache for: the
+    /// scan reads 26 MB per query for 100k photos, and the next rows are
+    /// requested while these are multiplied.
+    const PREFETCH: usize = 2048;
+
     /// [`super::code_dots_portable`] with `vpdpbusd`: per 64-byte block,
     /// low nibbles and high nibbles against the query's two 64-code halves.
     #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
@@ -272,6 +277,7 @@ mod avx512 {
                     let q1 = _mm512_loadu_si512(qp.add(b * BLOCK + 64).cast());
                     for (i, acc) in acc.iter_mut().enumerate() {
                         let p = sketches.as_ptr().add((r + i) * row_bytes + b * 64);
+                        _mm_prefetch::<_MM_HINT_T0>(p.wrapping_add(PREFETCH).cast());
                         let v = _mm512_loadu_si512(p.cast());
                         let low = _mm512_and_si512(v, mask);
                         let high = _mm512_and_si512(_mm512_srli_epi16::<4>(v), mask);
