@@ -150,8 +150,8 @@ pub(crate) fn activate_parallel(act: Activation, x: &[f32]) -> Vec<f32> {
     })
 }
 
-/// The smallest chunk [`activate_parallel`] hands to a thread (≈ 2 µs of
-/// work, several times a hand-off's cost).
+/// The smallest chunk [`activate_parallel`] hands to a thread (a few
+/// microseconds of work: a query's MLP splits in two, not in nine).
 const MIN_ACTIVATION_CHUNK: usize = 2048;
 
 struct SmallMatmulT;
@@ -272,6 +272,25 @@ fn activation_backward_generic(act: Activation, x: &[f32], g: &[f32], dx: &mut [
     }
 }
 
+/// Partial sums per lane in [`lane_sum`] and [`dot`].
+const LANES: usize = 16;
+
+/// `Σ f(v)` over `values` in [`LANES`] interleaved partial sums (then the
+/// lanes in order, then the remainder), so that it vectorises as [`dot`]
+/// does: the fused text block's LayerNorm.
+#[inline(always)]
+pub(crate) fn lane_sum(values: &[f32], f: impl Fn(f32) -> f32) -> f32 {
+    let mut lanes = [0f32; LANES];
+    let chunks = values.chunks_exact(LANES);
+    let rest = chunks.remainder();
+    for chunk in chunks {
+        for (lane, &v) in lanes.iter_mut().zip(chunk) {
+            *lane += f(v);
+        }
+    }
+    lanes.iter().sum::<f32>() + rest.iter().map(|&v| f(v)).sum::<f32>()
+}
+
 /// `Σ a[i]·b[i]` over the shorter slice, with sixteen independent partial
 /// sums so that it vectorises (a plain `sum()` of products is a serial
 /// chain of scalar additions). Inlined into the AVX2-compiled callers.
@@ -279,14 +298,14 @@ fn activation_backward_generic(act: Activation, x: &[f32], g: &[f32], dx: &mut [
 pub(crate) fn dot(a: &[f32], b: &[f32]) -> f32 {
     let n = a.len().min(b.len());
     let (a, b) = (&a[..n], &b[..n]);
-    let (ac, bc) = (a.chunks_exact(16), b.chunks_exact(16));
+    let (ac, bc) = (a.chunks_exact(LANES), b.chunks_exact(LANES));
     let mut tail = 0f32;
     for (x, y) in ac.remainder().iter().zip(bc.remainder()) {
         tail += x * y;
     }
-    let mut acc = [0f32; 16];
+    let mut acc = [0f32; LANES];
     for (x, y) in ac.zip(bc) {
-        for i in 0..16 {
+        for i in 0..LANES {
             acc[i] += x[i] * y[i];
         }
     }

@@ -91,38 +91,20 @@ pub(crate) fn on_cpu_f32(x: &Tensor) -> bool {
 
 /// LayerNorm of each `gain.len()`-wide row of `x` into `out`.
 ///
-/// The sums run in [`LANES`] interleaved partial sums: a plain `f32` sum is
+/// The sums run in interleaved partial sums ([`crate::kernels::lane_sum`]): a plain `f32` sum is
 /// one serial chain of additions (the compiler may not reorder it), which
 /// made the text tower's 24 LayerNorms per query cost ~0.4 ms on a 2.5 GHz
 /// Xeon; lanes let it vectorise.
 fn layer_norm_rows(x: &[f32], gain: &[f32], bias: &[f32], eps: f32, out: &mut [f32]) {
     let d = gain.len();
     for (row, o) in x.chunks_exact(d).zip(out.chunks_exact_mut(d)) {
-        let mean = lane_sum(row, |v| v) / d as f32;
-        let var = lane_sum(row, |v| (v - mean) * (v - mean)) / d as f32;
+        let mean = crate::kernels::lane_sum(row, |v| v) / d as f32;
+        let var = crate::kernels::lane_sum(row, |v| (v - mean) * (v - mean)) / d as f32;
         let inv = 1.0 / (var + eps).sqrt();
         for (((o, v), g), b) in o.iter_mut().zip(row).zip(gain).zip(bias) {
             *o = (v - mean) * inv * g + b;
         }
     }
-}
-
-/// Partial sums per lane in [`lane_sum`].
-const LANES: usize = 16;
-
-/// `Σ f(v)` over `values`, summed in [`LANES`] interleaved partial sums
-/// (then the lanes in order, then the remainder).
-#[inline(always)]
-fn lane_sum(values: &[f32], f: impl Fn(f32) -> f32) -> f32 {
-    let mut lanes = [0f32; LANES];
-    let chunks = values.chunks_exact(LANES);
-    let rest = chunks.remainder();
-    for chunk in chunks {
-        for (lane, &v) in lanes.iter_mut().zip(chunk) {
-            *lane += f(v);
-        }
-    }
-    lanes.iter().sum::<f32>() + rest.iter().map(|&v| f(v)).sum::<f32>()
 }
 
 /// Softmax over the last dimension: the fused kernel for inference, the
