@@ -132,6 +132,56 @@ pub(crate) fn attention(
     }
 }
 
+/// [`attention`] as one step of a [`Team`](crate::team::Team): one chunk
+/// per head of each sequence. The values are [`attention`]'s, bit for bit
+/// (the same `head` per head and sequence).
+///
+/// # Panics
+/// As [`attention`].
+pub(crate) fn attention_in_team(
+    team: &crate::team::Team,
+    qkv: &[f32],
+    b: usize,
+    n: usize,
+    heads: usize,
+    mask: Mask,
+    out: &mut [f32],
+) {
+    let d3 = qkv.len().checked_div(b * n).unwrap_or(0);
+    assert_eq!(qkv.len(), b * n * d3, "attention: {b} × {n} rows");
+    let d = d3 / 3;
+    assert!(
+        heads > 0 && d.is_multiple_of(heads) && d3 == 3 * d,
+        "attention: width {d3}, {heads} heads"
+    );
+    assert!(out.len() >= b * n * d && mask.values().len() >= mask.len(b, n));
+    if b == 0 || n == 0 || d == 0 {
+        return;
+    }
+    let hd = d / heads;
+    let shared = crate::team::SharedSlice::new(&mut out[..b * n * d]);
+    team.run(b * heads, &|chunk| {
+        let (s, h) = (chunk / heads, chunk % heads);
+        let mut head_out = vec![0f32; n * hd];
+        let x = &qkv[s * n * d3..][..n * d3];
+        head(
+            x,
+            n,
+            d,
+            h,
+            hd,
+            mask.of(s, n),
+            &mut Scratch::new(n, hd),
+            &mut head_out,
+        );
+        for (t, values) in head_out.chunks_exact(hd).enumerate() {
+            // SAFETY: chunk (s, h) alone writes head h's columns of
+            // sequence s's rows.
+            unsafe { shared.range((s * n + t) * d + h * hd, hd) }.copy_from_slice(values);
+        }
+    });
+}
+
 /// Copies head `h`'s `n × hd` output into its columns of the `n × d` rows.
 fn scatter(head_out: &[f32], n: usize, d: usize, h: usize, hd: usize, rows: &mut [f32]) {
     for t in 0..n {

@@ -24,6 +24,7 @@
 use rayon::prelude::*;
 
 use crate::kernels::{balanced_row_block, par_filled, tile_shape, tiled_product};
+use crate::team::{SharedSlice, Team};
 
 /// Output columns per packed panel: two 16-lane registers.
 pub(crate) const NR: usize = 32;
@@ -33,6 +34,10 @@ const MR: usize = 12;
 /// Input rows per row block of a many-row product (48 rows of 3,072
 /// inputs are 144 KiB, in L2 while every panel passes over them).
 const MC: usize = 48;
+
+/// Rows up to which [`product_in_team`] runs (a query's, or a few
+/// queries'; more rows take [`product`]'s row blocks).
+pub(crate) const TEAM_MAX_ROWS: usize = MC;
 
 /// Inputs up to this many values are quantised on the calling thread.
 const SERIAL_QUANTISE_MAX: usize = 1 << 16;
@@ -241,6 +246,113 @@ pub(crate) fn product(
         block(r0, nrows, q0, count, &mut tile, count * NR);
         tile
     })
+}
+
+/// Weights a chunk of [`product_in_team`] reads at most: 64 KiB, a few
+/// microseconds from memory, so that ~50 chunks of a query's product
+/// balance between the threads while claiming one costs a few
+/// nanoseconds.
+const TEAM_CHUNK_BYTES: usize = 1 << 16;
+
+/// [`product`] as steps of a [`Team`] (for at most [`MC`] rows and `n` a
+/// multiple of [`NR`]; `None` otherwise, and the caller uses [`product`]):
+/// each chunk is a group of panels against every row, and hands each row's
+/// share of the result to `write(row, first_column, values)`, which may
+/// finish it (an activation, a residual sum) where it lands. The values are
+/// those of [`product`], bit for bit.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn product_in_team(
+    team: &Team,
+    x: &[f32],
+    m: usize,
+    k: usize,
+    packed: &[u8],
+    n: usize,
+    scales: &[f32],
+    bias: Option<&[f32]>,
+    write: &(dyn Fn(usize, usize, &[f32]) + Sync),
+) -> Option<()> {
+    if m > TEAM_MAX_ROWS || !n.is_multiple_of(NR) {
+        return None;
+    }
+    assert!(
+        available(),
+        "int8 dot-product kernel on a CPU without AVX512_VNNI"
+    );
+    assert!(x.len() >= m * k && packed.len() >= packed_len(n, k) && scales.len() >= n);
+    if m == 0 || n == 0 {
+        return Some(());
+    }
+    let zeros;
+    let bias = match bias {
+        Some(b) => &b[..n],
+        None => {
+            zeros = vec![0f32; n];
+            &zeros[..]
+        }
+    };
+    let rows = quantise_in_team(team, x, m, k);
+    let panels = n / NR;
+    let panel_len = k.div_ceil(4) * NR * 4;
+    let per_chunk =
+        (TEAM_CHUNK_BYTES / panel_len).clamp(1, panels.div_ceil(2 * team.threads()).max(1));
+    team.run(panels.div_ceil(per_chunk), &|c| {
+        let (q0, q1) = (c * per_chunk, ((c + 1) * per_chunk).min(panels));
+        let width = (q1 - q0) * NR;
+        let mut tile = vec![0f32; m * width];
+        for q in q0..q1 {
+            let cols = q * NR..(q + 1) * NR;
+            for i0 in (0..m).step_by(MR) {
+                let r = MR.min(m - i0);
+                micro_kernel(
+                    &rows.codes[i0 * rows.stride..][..r * rows.stride],
+                    rows.stride,
+                    &rows.scales[i0..i0 + r],
+                    &rows.sums[i0..i0 + r],
+                    &packed[q * panel_len..][..panel_len],
+                    &scales[cols.clone()],
+                    &bias[cols.clone()],
+                    &mut tile[i0 * width + (q - q0) * NR..],
+                    width,
+                );
+            }
+        }
+        for (i, values) in tile.chunks_exact(width).enumerate() {
+            write(i, q0 * NR, values);
+        }
+    });
+    Some(())
+}
+
+/// [`quantise`] with the rows of a large input split between the team.
+fn quantise_in_team(team: &Team, x: &[f32], m: usize, k: usize) -> QuantisedRows {
+    if m * k <= SERIAL_QUANTISE_MAX {
+        return quantise(x, m, k);
+    }
+    let stride = k.div_ceil(4) * 4;
+    let mut codes = vec![0i8; m * stride];
+    let mut meta = vec![(0f32, 0i32); m];
+    {
+        let (shared_codes, shared_meta) =
+            (SharedSlice::new(&mut codes), SharedSlice::new(&mut meta));
+        team.run(m, &|i| {
+            // SAFETY: chunk `i` alone touches row `i`.
+            let (q, meta) = unsafe {
+                (
+                    shared_codes.range(i * stride, stride),
+                    shared_meta.range(i, 1),
+                )
+            };
+            meta[0] = quantise_row(&x[i * k..][..k], q);
+        });
+    }
+    let (scales, sums) = meta.into_iter().unzip();
+    QuantisedRows {
+        codes,
+        scales,
+        sums,
+        stride,
+    }
 }
 
 /// `c[i][0..NR] = f32(Σ_p a[i][p] · w[p] − 128 · sums[i]) · scales[i] ·
@@ -531,6 +643,84 @@ mod tests {
         assert_eq!(packed[NR * 4 + 4], (i16::from(w[5 + 4]) + 128) as u8);
         assert_eq!(packed[NR * 4 + 4 + 1], 128);
         assert!(packed[3 * 4..NR * 4].iter().all(|&b| b == 128));
+    }
+
+    #[test]
+    fn team_products_equal_the_plain_products_bit_for_bit() {
+        if !available() {
+            return;
+        }
+        for threads in 1..=3 {
+            let pool = rayon::ThreadPoolBuilder::new()
+                .num_threads(threads)
+                .build()
+                .unwrap();
+            for &(m, k, n) in &[
+                (1, 512, 2048),
+                (9, 512, 1536),
+                (13, 2048, 512),
+                (48, 64, 96),
+                (5, 70, 32),
+            ] {
+                let x = values(m * k, (m * k + n) as u64);
+                let codes = codes(n * k, n as u64);
+                let w = pack(&codes, n, k);
+                let scales: Vec<f32> = values(n, 7).iter().map(|v| 0.01 + v.abs() * 0.01).collect();
+                let bias = values(n, 8);
+                for bias in [None, Some(&bias[..])] {
+                    let want = product(&x, m, k, &w, n, &scales, bias);
+                    let got = std::sync::Mutex::new(vec![f32::NAN; m * n]);
+                    let written = std::sync::atomic::AtomicUsize::new(0);
+                    pool.install(|| {
+                        crate::team::with_team(|team| {
+                            product_in_team(team, &x, m, k, &w, n, &scales, bias, &|i, c, v| {
+                                got.lock().unwrap()[i * n + c..][..v.len()].copy_from_slice(v);
+                                written.fetch_add(v.len(), std::sync::atomic::Ordering::SeqCst);
+                            })
+                        })
+                    })
+                    .unwrap();
+                    assert_eq!(written.into_inner(), m * n, "each value written once");
+                    let got = got.into_inner().unwrap();
+                    assert!(
+                        got.iter()
+                            .zip(&want)
+                            .all(|(a, b)| a.to_bits() == b.to_bits()),
+                        "[{m}, {k}] x [{n}, {k}], {threads} threads"
+                    );
+                }
+            }
+            // More rows than a team product takes, or a partial panel: none.
+            let (x, w) = (vec![0.5f32; 49 * 64], pack(&vec![1i8; 32 * 64], 32, 64));
+            pool.install(|| {
+                crate::team::with_team(|team| {
+                    assert!(product_in_team(
+                        team,
+                        &x,
+                        49,
+                        64,
+                        &w,
+                        32,
+                        &[1.0; 32],
+                        None,
+                        &|_, _, _| ()
+                    )
+                    .is_none());
+                    assert!(product_in_team(
+                        team,
+                        &x,
+                        9,
+                        64,
+                        &w,
+                        31,
+                        &[1.0; 32],
+                        None,
+                        &|_, _, _| ()
+                    )
+                    .is_none());
+                })
+            });
+        }
     }
 }
 

@@ -13,8 +13,10 @@ use crate::autograd;
 use crate::config::Activation;
 use std::sync::Arc;
 
+use crate::attention::Mask;
 use crate::kernels::{fused_activation, small_matmul_t, SMALL_M};
 use crate::precision::{Precision, QueryWeights};
+use crate::team::{with_team, SharedSlice, Team};
 
 /// Initialisation used when a layer's weights are created rather than loaded
 /// (training from scratch): N(0, std²), as in open_clip.
@@ -652,6 +654,64 @@ struct FusedBlock {
 }
 
 impl FusedBlock {
+    /// Whether an input of `m` rows runs as steps of a [`Team`]: when every
+    /// product splits there (int8 dot products, few rows). Other copies
+    /// split their products through rayon's loops, which a team's spinning
+    /// helper would not join.
+    fn runs_in_team(&self, m: usize) -> bool {
+        [&self.qkv, &self.out_proj, &self.fc1, &self.fc2]
+            .iter()
+            .all(|w| w.splits_in_team(m))
+    }
+
+    /// The block on `b` sequences of `n` rows `x` (`[b·n, d]`, updated in
+    /// place) as steps of `team`: the products split by panels, the
+    /// attention by heads, the activation and the residual sums done by
+    /// the chunk that computes their values. Bit for bit the values of
+    /// the rayon path in [`FusedBlock::forward`].
+    fn forward_in_team(&self, team: &Team, x: &mut [f32], b: usize, n: usize, mask: Mask) {
+        let m = b * n;
+        let d = x.len() / m.max(1);
+        let mut h = vec![0f32; m * d];
+        let (g, bias, eps) = &self.ln1;
+        layer_norm_rows(x, g, bias, *eps, &mut h);
+        let width = self.qkv.outputs();
+        let mut qkv = vec![0f32; m * width];
+        {
+            let out = SharedSlice::new(&mut qkv);
+            // SAFETY (all four writers): a chunk of a product alone writes
+            // its columns of each row.
+            let write = |i: usize, c: usize, v: &[f32]| {
+                unsafe { out.range(i * width + c, v.len()) }.copy_from_slice(v)
+            };
+            self.qkv.product_in_team(team, &h, m, &write);
+        }
+        crate::attention::attention_in_team(team, &qkv, b, n, self.heads, mask, &mut h);
+        let add = |xs: &SharedSlice<f32>, i: usize, c: usize, v: &[f32]| {
+            let dst = unsafe { xs.range(i * d + c, v.len()) };
+            dst.iter_mut().zip(v).for_each(|(x, a)| *x += a);
+        };
+        {
+            let xs = SharedSlice::new(x);
+            self.out_proj
+                .product_in_team(team, &h, m, &|i, c, v| add(&xs, i, c, v));
+        }
+        let (g, bias, eps) = &self.ln2;
+        layer_norm_rows(x, g, bias, *eps, &mut h);
+        let inner = self.fc1.outputs();
+        let mut activated = vec![0f32; m * inner];
+        {
+            let out = SharedSlice::new(&mut activated);
+            let write = |i: usize, c: usize, v: &[f32]| {
+                crate::kernels::activate(self.act, v, unsafe { out.range(i * inner + c, v.len()) })
+            };
+            self.fc1.product_in_team(team, &h, m, &write);
+        }
+        let xs = SharedSlice::new(x);
+        self.fc2
+            .product_in_team(team, &activated, m, &|i, c, v| add(&xs, i, c, v));
+    }
+
     /// `None` unless every product of the block has a copy, and, with
     /// [`FusedRows::Few`], for copies that round their inputs (bf16 or int8
     /// dot products): this block's LayerNorm sums in another order than the
@@ -697,6 +757,11 @@ impl FusedBlock {
         let m = b * n;
         let mut x_rows = x.flatten_all()?.to_vec1::<f32>()?;
         let mask = crate::attention::MaskValues::of(mask, b, n)?;
+        if self.runs_in_team(m) && !rayon_path_forced() {
+            let mask = mask.as_mask();
+            with_team(|team| self.forward_in_team(team, &mut x_rows, b, n, mask));
+            return Tensor::from_vec(x_rows, (b, n, d), x.device());
+        }
         let mut h = vec![0f32; m * d];
         let (g, bias, eps) = &self.ln1;
         layer_norm_rows(&x_rows, g, bias, *eps, &mut h);
@@ -712,6 +777,21 @@ impl FusedBlock {
         x_rows.iter_mut().zip(&mlp).for_each(|(x, v)| *x += v);
         Tensor::from_vec(x_rows, (b, n, d), x.device())
     }
+}
+
+#[cfg(test)]
+thread_local! {
+    /// Set by tests that compare [`FusedBlock`]'s team path with its rayon
+    /// path.
+    static FORCE_RAYON_PATH: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// Whether a test asked for the fused block's rayon path.
+fn rayon_path_forced() -> bool {
+    #[cfg(test)]
+    return FORCE_RAYON_PATH.with(|f| f.get());
+    #[cfg(not(test))]
+    false
 }
 
 /// A LayerNorm and the product it feeds, rescaled per channel for int8
@@ -1112,6 +1192,28 @@ mod tests {
                     let plain = tensor_path.forward(&x, mask).unwrap();
                     let diff = crate::test_util::max_abs_diff(&fused, &plain);
                     assert!(diff < 1e-4, "{precision}: {diff}");
+                }
+                // Run as team steps (int8 dot products), the block gives the
+                // rayon path's values bit for bit, on pools of 1 to 3 threads.
+                if layer.fused.as_ref().unwrap().runs_in_team(b * n) {
+                    FORCE_RAYON_PATH.with(|f| f.set(true));
+                    let rayon_path = layer.forward(&x, mask).unwrap();
+                    FORCE_RAYON_PATH.with(|f| f.set(false));
+                    let want = rayon_path.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+                    for threads in 1..=3 {
+                        let pool = rayon::ThreadPoolBuilder::new()
+                            .num_threads(threads)
+                            .build()
+                            .unwrap();
+                        let team = pool.install(|| layer.forward(&x, mask).unwrap());
+                        let got = team.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+                        assert!(
+                            got.iter()
+                                .zip(&want)
+                                .all(|(a, b)| a.to_bits() == b.to_bits()),
+                            "{precision}, {threads} threads"
+                        );
+                    }
                 }
             }
         }

@@ -29,6 +29,7 @@ mod kernels;
 mod layers;
 mod model;
 mod precision;
+mod team;
 mod text;
 mod vision;
 

@@ -292,6 +292,46 @@ impl QueryWeights {
     }
 }
 
+impl QueryWeights {
+    /// Whether [`QueryWeights::product_in_team`] splits a product of `m`
+    /// rows between the team (int8 dot products, up to
+    /// [`int8_dot::TEAM_MAX_ROWS`] rows, whole panels); other copies run
+    /// it on the calling thread alone.
+    pub(crate) fn splits_in_team(&self, m: usize) -> bool {
+        matches!(self.data, Data::Int8Dot { .. })
+            && m <= int8_dot::TEAM_MAX_ROWS
+            && self.rows.is_multiple_of(int8_dot::NR)
+    }
+
+    /// `x · Wᵀ + b` as steps of `team`, each row's share of the result
+    /// handed to `write(row, first_column, values)` (see
+    /// [`int8_dot::product_in_team`]); the values are
+    /// [`QueryWeights::product`]'s, bit for bit.
+    pub(crate) fn product_in_team(
+        &self,
+        team: &crate::team::Team,
+        x: &[f32],
+        m: usize,
+        write: &(dyn Fn(usize, usize, &[f32]) + Sync),
+    ) {
+        if let Data::Int8Dot { codes, scales } = &self.data {
+            let (k, n, bias) = (self.cols, self.rows, self.bias.as_deref());
+            if int8_dot::product_in_team(team, x, m, k, codes, n, scales, bias, write).is_some() {
+                return;
+            }
+        }
+        let y = self.product(x, m);
+        for (i, row) in y.chunks_exact(self.rows.max(1)).enumerate() {
+            write(i, 0, row);
+        }
+    }
+
+    /// Output width.
+    pub(crate) fn outputs(&self) -> usize {
+        self.rows
+    }
+}
+
 /// [`QueryWeights::matmul_t`] on the tensor's own storage.
 struct ProductOp<'a>(&'a QueryWeights);
 
