@@ -162,24 +162,30 @@ pub(crate) fn attention_in_team(
     let shared = crate::team::SharedSlice::new(&mut out[..b * n * d]);
     team.run(b * heads, &|chunk| {
         let (s, h) = (chunk / heads, chunk % heads);
-        let mut head_out = vec![0f32; n * hd];
+        // This thread's scratch, reused while the shape stays (`head`
+        // writes every value before reading it).
+        let mut scratch = HEAD_SCRATCH
+            .with(|c| c.borrow_mut().take())
+            .filter(|(shape, _, _)| *shape == (n, hd))
+            .unwrap_or_else(|| ((n, hd), Scratch::new(n, hd), vec![0f32; n * hd]));
+        let (_, work, head_out) = &mut scratch;
         let x = &qkv[s * n * d3..][..n * d3];
-        head(
-            x,
-            n,
-            d,
-            h,
-            hd,
-            mask.of(s, n),
-            &mut Scratch::new(n, hd),
-            &mut head_out,
-        );
+        head(x, n, d, h, hd, mask.of(s, n), work, head_out);
         for (t, values) in head_out.chunks_exact(hd).enumerate() {
             // SAFETY: chunk (s, h) alone writes head h's columns of
             // sequence s's rows.
             unsafe { shared.range((s * n + t) * d + h * hd, hd) }.copy_from_slice(values);
         }
+        HEAD_SCRATCH.with(|c| *c.borrow_mut() = Some(scratch));
     });
+}
+
+/// A scratch of one shape (`n`, `hd`) and one head's output, kept per
+/// thread by [`attention_in_team`].
+type HeadScratch = ((usize, usize), Scratch, Vec<f32>);
+
+thread_local! {
+    static HEAD_SCRATCH: std::cell::RefCell<Option<HeadScratch>> = const { std::cell::RefCell::new(None) };
 }
 
 /// Copies head `h`'s `n × hd` output into its columns of the `n × d` rows.

@@ -81,6 +81,7 @@ pub(crate) fn packed_len(n: usize, k: usize) -> usize {
 
 /// Input rows quantised for the kernel: each row `k.div_ceil(4) * 4` codes
 /// (padded with zeros), its scale and the sum of its codes.
+#[derive(Default)]
 struct QuantisedRows {
     codes: Vec<i8>,
     scales: Vec<f32>,
@@ -291,7 +292,10 @@ pub(crate) fn product_in_team(
             &zeros[..]
         }
     };
-    let rows = quantise_in_team(team, x, m, k);
+    // Taken out of (and put back into) the thread's slot, so that nothing
+    // stays borrowed while the team runs.
+    let mut rows = TEAM_ROWS.with(|r| std::mem::take(&mut *r.borrow_mut()));
+    quantise_in_team(team, x, m, k, &mut rows);
     let panels = n / NR;
     let panel_len = k.div_ceil(4) * NR * 4;
     let per_chunk =
@@ -299,60 +303,68 @@ pub(crate) fn product_in_team(
     team.run(panels.div_ceil(per_chunk), &|c| {
         let (q0, q1) = (c * per_chunk, ((c + 1) * per_chunk).min(panels));
         let width = (q1 - q0) * NR;
-        let mut tile = vec![0f32; m * width];
-        for q in q0..q1 {
-            let cols = q * NR..(q + 1) * NR;
-            for i0 in (0..m).step_by(MR) {
-                let r = MR.min(m - i0);
-                micro_kernel(
-                    &rows.codes[i0 * rows.stride..][..r * rows.stride],
-                    rows.stride,
-                    &rows.scales[i0..i0 + r],
-                    &rows.sums[i0..i0 + r],
-                    &packed[q * panel_len..][..panel_len],
-                    &scales[cols.clone()],
-                    &bias[cols.clone()],
-                    &mut tile[i0 * width + (q - q0) * NR..],
-                    width,
-                );
+        crate::team::with_scratch(&TEAM_TILE, m * width, |tile| {
+            for q in q0..q1 {
+                let cols = q * NR..(q + 1) * NR;
+                for i0 in (0..m).step_by(MR) {
+                    let r = MR.min(m - i0);
+                    micro_kernel(
+                        &rows.codes[i0 * rows.stride..][..r * rows.stride],
+                        rows.stride,
+                        &rows.scales[i0..i0 + r],
+                        &rows.sums[i0..i0 + r],
+                        &packed[q * panel_len..][..panel_len],
+                        &scales[cols.clone()],
+                        &bias[cols.clone()],
+                        &mut tile[i0 * width + (q - q0) * NR..],
+                        width,
+                    );
+                }
             }
-        }
-        for (i, values) in tile.chunks_exact(width).enumerate() {
-            write(i, q0 * NR, values);
-        }
+            // The micro-kernels wrote every value of the tile.
+            for (i, values) in tile.chunks_exact(width).enumerate() {
+                write(i, q0 * NR, values);
+            }
+        })
     });
+    TEAM_ROWS.with(|r| *r.borrow_mut() = rows);
     Some(())
 }
 
-/// [`quantise`] with the rows of a large input split between the team.
-fn quantise_in_team(team: &Team, x: &[f32], m: usize, k: usize) -> QuantisedRows {
-    if m * k <= SERIAL_QUANTISE_MAX {
-        return quantise(x, m, k);
-    }
+/// [`quantise`] into `rows` (its buffers reused: a query's ~50 products
+/// would otherwise allocate four each), the rows of a large input split
+/// between the team.
+fn quantise_in_team(team: &Team, x: &[f32], m: usize, k: usize, rows: &mut QuantisedRows) {
     let stride = k.div_ceil(4) * 4;
-    let mut codes = vec![0i8; m * stride];
-    let mut meta = vec![(0f32, 0i32); m];
-    {
-        let (shared_codes, shared_meta) =
-            (SharedSlice::new(&mut codes), SharedSlice::new(&mut meta));
-        team.run(m, &|i| {
-            // SAFETY: chunk `i` alone touches row `i`.
-            let (q, meta) = unsafe {
-                (
-                    shared_codes.range(i * stride, stride),
-                    shared_meta.range(i, 1),
-                )
-            };
-            meta[0] = quantise_row(&x[i * k..][..k], q);
-        });
+    rows.stride = stride;
+    // Every value is written below (codes past `k` as zeros).
+    rows.codes.resize(m * stride, 0);
+    rows.scales.resize(m, 0.0);
+    rows.sums.resize(m, 0);
+    let (codes, scales, sums) = (
+        SharedSlice::new(&mut rows.codes[..m * stride]),
+        SharedSlice::new(&mut rows.scales[..m]),
+        SharedSlice::new(&mut rows.sums[..m]),
+    );
+    // SAFETY: each call touches row `i` alone.
+    let row = |i: usize| unsafe {
+        let (scale, sum) = quantise_row(&x[i * k..][..k], codes.range(i * stride, stride));
+        scales.range(i, 1)[0] = scale;
+        sums.range(i, 1)[0] = sum;
+    };
+    if m * k <= SERIAL_QUANTISE_MAX {
+        // A query: a few microseconds on this thread.
+        (0..m).for_each(row);
+    } else {
+        team.run(m, &row);
     }
-    let (scales, sums) = meta.into_iter().unzip();
-    QuantisedRows {
-        codes,
-        scales,
-        sums,
-        stride,
-    }
+}
+
+thread_local! {
+    /// The calling thread's quantised inputs of [`product_in_team`], reused.
+    static TEAM_ROWS: std::cell::RefCell<QuantisedRows> = std::cell::RefCell::default();
+    /// A thread's tile of one [`product_in_team`] chunk, reused.
+    static TEAM_TILE: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
 }
 
 /// `c[i][0..NR] = f32(Σ_p a[i][p] · w[p] − 128 · sums[i]) · scales[i] ·

@@ -16,7 +16,7 @@ use std::sync::Arc;
 use crate::attention::Mask;
 use crate::kernels::{fused_activation, small_matmul_t, SMALL_M};
 use crate::precision::{Precision, QueryWeights};
-use crate::team::{with_team, SharedSlice, Team};
+use crate::team::{with_scratch, with_team, SharedSlice, Team};
 
 /// Initialisation used when a layer's weights are created rather than loaded
 /// (training from scratch): N(0, std²), as in open_clip.
@@ -672,44 +672,48 @@ impl FusedBlock {
     fn forward_in_team(&self, team: &Team, x: &mut [f32], b: usize, n: usize, mask: Mask) {
         let m = b * n;
         let d = x.len() / m.max(1);
-        let mut h = vec![0f32; m * d];
-        let (g, bias, eps) = &self.ln1;
-        layer_norm_rows(x, g, bias, *eps, &mut h);
-        let width = self.qkv.outputs();
-        let mut qkv = vec![0f32; m * width];
-        {
-            let out = SharedSlice::new(&mut qkv);
-            // SAFETY (all four writers): a chunk of a product alone writes
-            // its columns of each row.
-            let write = |i: usize, c: usize, v: &[f32]| {
-                unsafe { out.range(i * width + c, v.len()) }.copy_from_slice(v)
+        let (width, inner) = (self.qkv.outputs(), self.fc1.outputs());
+        // One reused buffer for the block's three intermediates, each
+        // written in full before it is read.
+        with_scratch(&BLOCK_SCRATCH, m * (d + width + inner), |buffer| {
+            let (h, rest) = buffer.split_at_mut(m * d);
+            let (qkv, activated) = rest.split_at_mut(m * width);
+            let (g, bias, eps) = &self.ln1;
+            layer_norm_rows(x, g, bias, *eps, h);
+            {
+                let out = SharedSlice::new(qkv);
+                // SAFETY (all four writers): a chunk of a product alone writes
+                // its columns of each row.
+                let write = |i: usize, c: usize, v: &[f32]| {
+                    unsafe { out.range(i * width + c, v.len()) }.copy_from_slice(v)
+                };
+                self.qkv.product_in_team(team, h, m, &write);
+            }
+            crate::attention::attention_in_team(team, qkv, b, n, self.heads, mask, h);
+            let add = |xs: &SharedSlice<f32>, i: usize, c: usize, v: &[f32]| {
+                let dst = unsafe { xs.range(i * d + c, v.len()) };
+                dst.iter_mut().zip(v).for_each(|(x, a)| *x += a);
             };
-            self.qkv.product_in_team(team, &h, m, &write);
-        }
-        crate::attention::attention_in_team(team, &qkv, b, n, self.heads, mask, &mut h);
-        let add = |xs: &SharedSlice<f32>, i: usize, c: usize, v: &[f32]| {
-            let dst = unsafe { xs.range(i * d + c, v.len()) };
-            dst.iter_mut().zip(v).for_each(|(x, a)| *x += a);
-        };
-        {
+            {
+                let xs = SharedSlice::new(x);
+                self.out_proj
+                    .product_in_team(team, h, m, &|i, c, v| add(&xs, i, c, v));
+            }
+            let (g, bias, eps) = &self.ln2;
+            layer_norm_rows(x, g, bias, *eps, h);
+            {
+                let out = SharedSlice::new(activated);
+                let write = |i: usize, c: usize, v: &[f32]| {
+                    crate::kernels::activate(self.act, v, unsafe {
+                        out.range(i * inner + c, v.len())
+                    })
+                };
+                self.fc1.product_in_team(team, h, m, &write);
+            }
             let xs = SharedSlice::new(x);
-            self.out_proj
-                .product_in_team(team, &h, m, &|i, c, v| add(&xs, i, c, v));
-        }
-        let (g, bias, eps) = &self.ln2;
-        layer_norm_rows(x, g, bias, *eps, &mut h);
-        let inner = self.fc1.outputs();
-        let mut activated = vec![0f32; m * inner];
-        {
-            let out = SharedSlice::new(&mut activated);
-            let write = |i: usize, c: usize, v: &[f32]| {
-                crate::kernels::activate(self.act, v, unsafe { out.range(i * inner + c, v.len()) })
-            };
-            self.fc1.product_in_team(team, &h, m, &write);
-        }
-        let xs = SharedSlice::new(x);
-        self.fc2
-            .product_in_team(team, &activated, m, &|i, c, v| add(&xs, i, c, v));
+            self.fc2
+                .product_in_team(team, activated, m, &|i, c, v| add(&xs, i, c, v));
+        });
     }
 
     /// `None` unless every product of the block has a copy, and, with
@@ -777,6 +781,11 @@ impl FusedBlock {
         x_rows.iter_mut().zip(&mlp).for_each(|(x, v)| *x += v);
         Tensor::from_vec(x_rows, (b, n, d), x.device())
     }
+}
+
+thread_local! {
+    /// The calling thread's buffer for [`FusedBlock::forward_in_team`].
+    static BLOCK_SCRATCH: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
 }
 
 #[cfg(test)]

@@ -34,6 +34,10 @@ use crate::vectors::quantize;
 /// Components per packed block: 64 bytes of two nibbles.
 const BLOCK: usize = 128;
 
+/// Rows per kernel call of [`Sketcher::dots`] (the scan's own blocks are
+/// this size).
+const DOTS_BLOCK: usize = 256;
+
 /// The largest Walsh–Hadamard block (the rotation works on blocks of the
 /// largest power of two dividing the padded dimension, up to this).
 const MAX_ROTATION: usize = 1024;
@@ -187,14 +191,24 @@ impl Sketcher {
     ) {
         let row_bytes = self.row_bytes();
         let rows = out.len().min(steps.len()).min(sketches.len() / row_bytes);
-        let sketches = &sketches[..rows * row_bytes];
-        let mut sums = vec![0i32; rows];
-        code_dots(&query.codes, sketches, &mut sums);
-        // Σ q·(code - 7.5)·step = step · (Σ q·code - 7.5 Σ q), in halves to
-        // stay in integers.
+        // On the stack, a block at a time: a scan calls this ~400 times
+        // per query, and an allocation each was measurable.
+        let mut sums = [0i32; DOTS_BLOCK];
         let half = 0.5 * query.scale;
-        for ((o, s), step) in out.iter_mut().zip(&sums).zip(steps) {
-            *o = half * step * (2 * s - 15 * query.sum) as f32;
+        for start in (0..rows).step_by(DOTS_BLOCK) {
+            let len = DOTS_BLOCK.min(rows - start);
+            let sums = &mut sums[..len];
+            code_dots(
+                &query.codes,
+                &sketches[start * row_bytes..][..len * row_bytes],
+                sums,
+            );
+            // Σ q·(code - 7.5)·step = step · (Σ q·code - 7.5 Σ q), in halves
+            // to stay in integers.
+            let (out, steps) = (&mut out[start..start + len], &steps[start..start + len]);
+            for ((o, s), step) in out.iter_mut().zip(sums.iter()).zip(steps) {
+                *o = half * step * (2 * s - 15 * query.sum) as f32;
+            }
         }
     }
 }
@@ -395,7 +409,10 @@ mod tests {
             let n = dot(&v, &v).sqrt();
             v.into_iter().map(|x| x / n).collect::<Vec<f32>>()
         };
-        let vectors: Vec<Vec<f32>> = (0..100).map(|_| unit(rand_vec(&mut state, dim))).collect();
+        // More rows than one kernel block (`DOTS_BLOCK`), and a partial last.
+        let vectors: Vec<Vec<f32>> = (0..2 * DOTS_BLOCK + 88)
+            .map(|_| unit(rand_vec(&mut state, dim)))
+            .collect();
         let mut sketches = vec![0u8; vectors.len() * s.row_bytes()];
         let steps: Vec<f32> = vectors
             .iter()
