@@ -75,18 +75,10 @@ pub(crate) fn attention(
     mask: Mask,
     out: &mut [f32],
 ) {
-    let d3 = qkv.len().checked_div(b * n).unwrap_or(0);
-    assert_eq!(qkv.len(), b * n * d3, "attention: {b} × {n} rows");
-    let d = d3 / 3;
-    assert!(
-        heads > 0 && d.is_multiple_of(heads) && d3 == 3 * d,
-        "attention: width {d3}, {heads} heads"
-    );
-    assert!(out.len() >= b * n * d && mask.values().len() >= mask.len(b, n));
-    if b == 0 || n == 0 || d == 0 {
+    let Some((d, hd)) = widths(qkv, b, n, heads, mask, out.len()) else {
         return;
-    }
-    let hd = d / heads;
+    };
+    let d3 = 3 * d;
     let out = &mut out[..b * n * d];
     if b > 1 || n * n * d < PARALLEL_HEADS_MIN_WORK {
         let sequence = |(s, o): (usize, &mut [f32])| {
@@ -132,6 +124,30 @@ pub(crate) fn attention(
     }
 }
 
+/// The model width `d` and head width `hd` of an attention over `qkv`
+/// (`[b, n, 3d]`), `None` when there is nothing to compute.
+///
+/// # Panics
+/// As [`attention`]: shapes that do not fit (callers check).
+fn widths(
+    qkv: &[f32],
+    b: usize,
+    n: usize,
+    heads: usize,
+    mask: Mask,
+    out_len: usize,
+) -> Option<(usize, usize)> {
+    let d3 = qkv.len().checked_div(b * n).unwrap_or(0);
+    assert_eq!(qkv.len(), b * n * d3, "attention: {b} × {n} rows");
+    let d = d3 / 3;
+    assert!(
+        heads > 0 && d.is_multiple_of(heads) && d3 == 3 * d,
+        "attention: width {d3}, {heads} heads"
+    );
+    assert!(out_len >= b * n * d && mask.values().len() >= mask.len(b, n));
+    (b > 0 && n > 0 && d > 0).then_some((d, d / heads))
+}
+
 /// [`attention`] as one step of a [`Team`](crate::team::Team): one chunk
 /// per head of each sequence. The values are [`attention`]'s, bit for bit
 /// (the same `head` per head and sequence).
@@ -147,18 +163,10 @@ pub(crate) fn attention_in_team(
     mask: Mask,
     out: &mut [f32],
 ) {
-    let d3 = qkv.len().checked_div(b * n).unwrap_or(0);
-    assert_eq!(qkv.len(), b * n * d3, "attention: {b} × {n} rows");
-    let d = d3 / 3;
-    assert!(
-        heads > 0 && d.is_multiple_of(heads) && d3 == 3 * d,
-        "attention: width {d3}, {heads} heads"
-    );
-    assert!(out.len() >= b * n * d && mask.values().len() >= mask.len(b, n));
-    if b == 0 || n == 0 || d == 0 {
+    let Some((d, hd)) = widths(qkv, b, n, heads, mask, out.len()) else {
         return;
-    }
-    let hd = d / heads;
+    };
+    let d3 = 3 * d;
     let shared = crate::team::SharedSlice::new(&mut out[..b * n * d]);
     team.run(b * heads, &|chunk| {
         let (s, h) = (chunk / heads, chunk % heads);

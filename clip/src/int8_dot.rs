@@ -178,6 +178,16 @@ fn quantise(x: &[f32], m: usize, k: usize) -> QuantisedRows {
     }
 }
 
+/// What [`product`] and [`product_in_team`] assume: the CPU's features and
+/// slices as long as the shapes say (callers check; a panic otherwise).
+fn check_arguments(x: &[f32], m: usize, k: usize, packed: &[u8], n: usize, scales: &[f32]) {
+    assert!(
+        available(),
+        "int8 dot-product kernel on a CPU without AVX512_VNNI"
+    );
+    assert!(x.len() >= m * k && packed.len() >= packed_len(n, k) && scales.len() >= n);
+}
+
 /// `x · Wᵀ + bias` (`[m, n]`, row-major) for `x` `[m, k]` f32 and `W`
 /// packed by [`pack`] with one scale per output (`scales`, `n` values).
 /// Panics unless [`available`] (callers check).
@@ -190,11 +200,7 @@ pub(crate) fn product(
     scales: &[f32],
     bias: Option<&[f32]>,
 ) -> Vec<f32> {
-    assert!(
-        available(),
-        "int8 dot-product kernel on a CPU without AVX512_VNNI"
-    );
-    assert!(x.len() >= m * k && packed.len() >= packed_len(n, k) && scales.len() >= n);
+    check_arguments(x, m, k, packed, n, scales);
     if m == 0 || n == 0 {
         return vec![0f32; m * n];
     }
@@ -276,11 +282,7 @@ pub(crate) fn product_in_team(
     if m > TEAM_MAX_ROWS || !n.is_multiple_of(NR) {
         return None;
     }
-    assert!(
-        available(),
-        "int8 dot-product kernel on a CPU without AVX512_VNNI"
-    );
-    assert!(x.len() >= m * k && packed.len() >= packed_len(n, k) && scales.len() >= n);
+    check_arguments(x, m, k, packed, n, scales);
     if m == 0 || n == 0 {
         return Some(());
     }
