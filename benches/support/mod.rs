@@ -126,6 +126,15 @@ pub fn centres(rng: &mut Rng, count: usize, dim: usize) -> Vec<Vec<f32>> {
 /// batches of 5,000), spread over 100 folders, three cameras and a few
 /// years of dates.
 pub fn fill_library(library: &mut Library, n: usize, rng: &mut Rng, centres: &[Vec<f32>]) {
+    fill_library_with(library, n, |j| clip_like(rng, centres, j));
+}
+
+/// [`fill_library`] with photo `j`'s embedding from `embedding(j)`.
+pub fn fill_library_with(
+    library: &mut Library,
+    n: usize,
+    mut embedding: impl FnMut(usize) -> Vec<f32>,
+) {
     let mut i = 0;
     while i < n {
         let end = (i + 5_000).min(n);
@@ -154,7 +163,7 @@ pub fn fill_library(library: &mut Library, n: usize, rng: &mut Rng, centres: &[V
                     has_thumbnail: false,
                     indexed_at: 0,
                 }),
-                embedding: Some(clip_like(rng, centres, j)),
+                embedding: Some(embedding(j)),
                 thumbnail: None,
             })
             .collect();

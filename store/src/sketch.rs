@@ -1,29 +1,37 @@
-//! 4-bit sketches of the embeddings: the first pass of a large scan.
+//! 2-bit sketches of the embeddings: the first pass of a large scan.
 //!
 //! A scan of a large library is bound by memory bandwidth: 100k int8 rows
-//! are 52 MB read per query. The sketch keeps each row again at 4 bits
-//! (256 bytes for 512-d, half the int8 row), so the first pass reads half
-//! as much; the best candidates of that pass are then scored with the
-//! int8 rows (see `VectorSet::top_k`), and the best of those exactly (f32,
-//! by the library's search).
+//! are 52 MB read per query. The sketch keeps each row again at 2 bits
+//! (128 bytes for 512-d, a quarter of the int8 row), so the first pass
+//! reads a quarter as much; its best candidates (thousands: see
+//! `sketch_candidates` in `vectors.rs`) are then scored with the int8 rows
+//! (see `VectorSet::top_k`), and the best of those exactly (f32, by the
+//! library's search).
 //!
 //! Before quantising, every vector goes through a fixed random rotation —
 //! random signs, then a Walsh–Hadamard transform over blocks of a power of
 //! two — which leaves every dot product unchanged (`Hq · Hx = q · x`) but
-//! spreads a vector's weight evenly over its components. Without it a few
-//! large components (CLIP embeddings have some) set each row's step and
-//! leave the others with a level or two: measured on vectors with four 6×
-//! components, recall@10 of the first 100 candidates fell to 0.95 without
-//! the rotation and stays 1.0 with it.
+//! spreads a vector's weight evenly over its components, so that they are
+//! all alike (near Gaussian) and four levels per component serve them all.
+//! Without it a few large components (CLIP embeddings have some) would set
+//! the row's step and leave the others with one level.
 //!
-//! A row's code for component `y` is `clamp(floor(y / step), -8, 7) + 8` in
-//! 0..=15 (`step = max|y| / 7.5`), standing for `(code - 7.5) · step`. Two
-//! codes share a byte: in each block of 128 components, byte `j` holds
-//! component `j` in its low nibble and `64 + j` in its high nibble, so a
-//! 64-byte load splits into two 64-lane vectors with one AND and one shift.
-//! The query is rotated too and held as int8; the dot product of the codes
-//! is exact in integers (`vpdpbusd` where the CPU has AVX512_VNNI, a
-//! portable loop otherwise, equal to it).
+//! A row's code for component `y` is `clamp(floor(y / step), -2, 1) + 2`
+//! in 0..=3 (`step` = the rotated row's root mean square, near the best
+//! uniform 4-level step for Gaussian values), standing for `(code − 1.5) ·
+//! step`. The estimate of `q · x` is then rescaled per row by `|y|² / (y ·
+//! ŷ)` (`ŷ` the codes' values; RaBitQ's correction), which takes out the
+//! codes' systematic shrinking of each row (in a simulation of the spectral
+//! library of `benches/library.rs`, recall of the true top 10 within the
+//! first 512 candidates went from 0.9755 to 0.981); that factor is folded
+//! into the row's stored step.
+//!
+//! Four codes share a byte: in each block of 256 components, byte `j`
+//! holds components `j`, `64 + j`, `128 + j` and `192 + j` in its bit
+//! pairs from the lowest, so a 64-byte load splits into four 64-lane
+//! vectors with a shift and an AND each. The query is rotated too and held
+//! as int8; the dot product of the codes is exact in integers (`vpdpbusd`
+//! where the CPU has AVX512_VNNI, a portable loop otherwise, equal to it).
 //!
 //! What this does not do: it is not stored (sketches are rebuilt from the
 //! vectors when a library opens) and it only ranks: its estimates never
@@ -31,8 +39,11 @@
 
 use crate::vectors::quantize;
 
-/// Components per packed block: 64 bytes of two nibbles.
-const BLOCK: usize = 128;
+/// Components per packed block: 64 bytes of four 2-bit codes.
+const BLOCK: usize = 256;
+
+/// Bytes of one packed block.
+const BLOCK_BYTES: usize = BLOCK / 4;
 
 /// Rows per kernel call of [`Sketcher::dots`] (the scan's own blocks are
 /// this size).
@@ -42,7 +53,7 @@ const DOTS_BLOCK: usize = 256;
 /// largest power of two dividing the padded dimension, up to this).
 const MAX_ROTATION: usize = 1024;
 
-/// Rotates and quantises vectors of one dimension to 4-bit sketches.
+/// Rotates and quantises vectors of one dimension to 2-bit sketches.
 pub(crate) struct Sketcher {
     dim: usize,
     /// `dim` rounded up to whole [`BLOCK`]s.
@@ -95,7 +106,7 @@ impl Sketcher {
 
     /// Bytes of one row's sketch.
     pub(crate) fn row_bytes(&self) -> usize {
-        self.padded / 2
+        self.padded / 4
     }
 
     /// `vector` (of `dim` values) rotated: padded with zeros, signs
@@ -143,27 +154,36 @@ impl Sketcher {
     }
 
     /// Writes the sketch of `vector` into `out` ([`row_bytes`](Self::row_bytes)
-    /// bytes) and returns its step (0 for a zero or non-finite vector,
-    /// whose estimates are then all 0).
+    /// bytes) and returns its step, corrected as the module describes (0
+    /// for a zero or non-finite vector, whose estimates are then all 0).
     pub(crate) fn encode(&self, vector: &[f32], out: &mut [u8]) -> f32 {
         let y = self.rotate(vector);
-        let max = y.iter().fold(0f32, |m, v| m.max(v.abs()));
-        if max == 0.0 || !max.is_finite() {
-            out.fill(0x88);
+        let squares: f32 = y.iter().map(|v| v * v).sum();
+        if squares == 0.0 || !squares.is_finite() {
+            out.fill(0);
             return 0.0;
         }
-        let step = max / 7.5;
+        let step = (squares / y.len() as f32).sqrt();
         let inv = 1.0 / step;
-        // `v · inv + 8` is in [0.5, 15.5]: truncation is `floor` (which
-        // would be a libm call on the baseline x86-64 target).
-        let code = |v: f32| ((v * inv + 8.0) as i32).clamp(0, 15) as u8;
-        for (bytes, values) in out.chunks_exact_mut(BLOCK / 2).zip(y.chunks_exact(BLOCK)) {
-            let (low, high) = values.split_at(BLOCK / 2);
-            for ((b, l), h) in bytes.iter_mut().zip(low).zip(high) {
-                *b = code(*l) | (code(*h) << 4);
+        // `v · inv + 2` truncated is `floor(v / step) + 2` where it is
+        // positive (a cast rounds towards zero, and `floor` would be a libm
+        // call on the baseline x86-64 target); below 0 the clamp makes it 0.
+        let code = |v: f32| ((v * inv + 2.0).max(0.0) as u32).min(3) as u8;
+        let mut along = 0f32;
+        for (bytes, values) in out.chunks_exact_mut(BLOCK_BYTES).zip(y.chunks_exact(BLOCK)) {
+            for (j, b) in bytes.iter_mut().enumerate() {
+                let mut byte = 0u8;
+                for part in 0..4 {
+                    let v = values[part * BLOCK_BYTES + j];
+                    let c = code(v);
+                    along += v * (f32::from(c) - 1.5);
+                    byte |= c << (2 * part);
+                }
+                *b = byte;
             }
         }
-        step
+        // `y · ŷ = step · along` > 0: every value's level has its sign.
+        squares / along
     }
 
     /// `query` prepared for [`dots`](Self::dots); `None` for a zero or
@@ -203,17 +223,17 @@ impl Sketcher {
                 &sketches[start * row_bytes..][..len * row_bytes],
                 sums,
             );
-            // Σ q·(code - 7.5)·step = step · (Σ q·code - 7.5 Σ q), in halves
+            // Σ q·(code − 1.5)·step = step · (Σ q·code − 1.5 Σ q), in halves
             // to stay in integers.
             let (out, steps) = (&mut out[start..start + len], &steps[start..start + len]);
             for ((o, s), step) in out.iter_mut().zip(sums.iter()).zip(steps) {
-                *o = half * step * (2 * s - 15 * query.sum) as f32;
+                *o = half * step * (2 * s - 3 * query.sum) as f32;
             }
         }
     }
 }
 
-/// `Σ q · code` for each row of 4-bit `sketches` (`q.len() / 2` bytes per
+/// `Σ q · code` for each row of 2-bit `sketches` (`q.len() / 4` bytes per
 /// row, laid out as the module describes), into `out`: the AVX512_VNNI
 /// kernel where the CPU has it, else the portable loop (equal results).
 fn code_dots(q: &[i8], sketches: &[u8], out: &mut [i32]) {
@@ -242,13 +262,15 @@ pub(crate) fn vnni() -> bool {
 /// [`code_dots`] in plain Rust: the definition the kernel is tested
 /// against.
 fn code_dots_portable(q: &[i8], sketches: &[u8], out: &mut [i32]) {
-    let row_bytes = q.len() / 2;
+    let row_bytes = q.len() / 4;
     for (o, row) in out.iter_mut().zip(sketches.chunks_exact(row_bytes.max(1))) {
         let mut sum = 0i32;
-        for (bytes, qs) in row.chunks_exact(BLOCK / 2).zip(q.chunks_exact(BLOCK)) {
-            let (low, high) = qs.split_at(BLOCK / 2);
-            for ((b, l), h) in bytes.iter().zip(low).zip(high) {
-                sum += i32::from(b & 0x0f) * i32::from(*l) + i32::from(b >> 4) * i32::from(*h);
+        for (bytes, qs) in row.chunks_exact(BLOCK_BYTES).zip(q.chunks_exact(BLOCK)) {
+            for (j, b) in bytes.iter().enumerate() {
+                for part in 0..4 {
+                    let code = i32::from((b >> (2 * part)) & 3);
+                    sum += code * i32::from(qs[part * BLOCK_BYTES + j]);
+                }
             }
         }
         *o = sum;
@@ -257,7 +279,7 @@ fn code_dots_portable(q: &[i8], sketches: &[u8], out: &mut [i32]) {
 
 #[cfg(target_arch = "x86_64")]
 mod avx512 {
-    use super::BLOCK;
+    use super::{BLOCK, BLOCK_BYTES};
     use std::arch::x86_64::*;
 
     /// Rows at once: independent accumulator chains that hide the
@@ -265,38 +287,50 @@ mod avx512 {
     const ROWS: usize = 4;
 
     /// Bytes ahead of each load that the kernel asks the cache for: the
-    /// scan reads 26 MB per query for 100k photos, and the next rows are
+    /// scan reads 13 MB per query for 100k photos, and the next rows are
     /// requested while these are multiplied.
     const PREFETCH: usize = 2048;
 
-    /// [`super::code_dots_portable`] with `vpdpbusd`: per 64-byte block,
-    /// low nibbles and high nibbles against the query's two 64-code halves.
+    /// One 64-byte block of a row against the query's four 64-code parts
+    /// `q`: the four bit pairs of each byte, each against its part.
+    #[inline(always)]
+    unsafe fn block(acc: __m512i, v: __m512i, q: &[__m512i; 4]) -> __m512i {
+        let mask = _mm512_set1_epi8(3);
+        let c0 = _mm512_and_si512(v, mask);
+        let c1 = _mm512_and_si512(_mm512_srli_epi16::<2>(v), mask);
+        let c2 = _mm512_and_si512(_mm512_srli_epi16::<4>(v), mask);
+        let c3 = _mm512_and_si512(_mm512_srli_epi16::<6>(v), mask);
+        let acc = _mm512_dpbusd_epi32(acc, c0, q[0]);
+        let acc = _mm512_dpbusd_epi32(acc, c1, q[1]);
+        let acc = _mm512_dpbusd_epi32(acc, c2, q[2]);
+        _mm512_dpbusd_epi32(acc, c3, q[3])
+    }
+
+    /// [`super::code_dots_portable`] with `vpdpbusd`.
     #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
     pub(super) unsafe fn code_dots(q: &[i8], sketches: &[u8], out: &mut [i32]) {
         let blocks = q.len() / BLOCK;
-        let row_bytes = blocks * BLOCK / 2;
+        let row_bytes = blocks * BLOCK_BYTES;
         let rows = out.len().min(sketches.len() / row_bytes.max(1));
         assert!(q.len() == blocks * BLOCK && sketches.len() >= rows * row_bytes);
-        let mask = _mm512_set1_epi8(0x0f);
         let qp = q.as_ptr();
-        let mut r = 0;
-        // SAFETY: row `r + i` reads bytes `[(r+i)·row_bytes, +row_bytes)`
-        // with `r + i < rows`, inside `sketches`; query loads read
-        // `[64·h, 64·h + 64)` with `64·h + 64 ≤ q.len()`.
+        // SAFETY: query loads read `[BLOCK·b + 64·p, +64)` with `BLOCK·(b+1)
+        // ≤ q.len()`; row `r + i` reads bytes `[(r+i)·row_bytes, +row_bytes)`
+        // with `r + i < rows`, inside `sketches`. Prefetches may point
+        // anywhere.
         unsafe {
+            let query = |b: usize| -> [__m512i; 4] {
+                std::array::from_fn(|p| _mm512_loadu_si512(qp.add(b * BLOCK + 64 * p).cast()))
+            };
+            let mut r = 0;
             while r + ROWS <= rows {
                 let mut acc = [_mm512_setzero_si512(); ROWS];
                 for b in 0..blocks {
-                    let q0 = _mm512_loadu_si512(qp.add(b * BLOCK).cast());
-                    let q1 = _mm512_loadu_si512(qp.add(b * BLOCK + 64).cast());
+                    let q = query(b);
                     for (i, acc) in acc.iter_mut().enumerate() {
-                        let p = sketches.as_ptr().add((r + i) * row_bytes + b * 64);
+                        let p = sketches.as_ptr().add((r + i) * row_bytes + b * BLOCK_BYTES);
                         _mm_prefetch::<_MM_HINT_T0>(p.wrapping_add(PREFETCH).cast());
-                        let v = _mm512_loadu_si512(p.cast());
-                        let low = _mm512_and_si512(v, mask);
-                        let high = _mm512_and_si512(_mm512_srli_epi16::<4>(v), mask);
-                        *acc = _mm512_dpbusd_epi32(*acc, low, q0);
-                        *acc = _mm512_dpbusd_epi32(*acc, high, q1);
+                        *acc = block(*acc, _mm512_loadu_si512(p.cast()), &q);
                     }
                 }
                 for (i, acc) in acc.iter().enumerate() {
@@ -307,14 +341,8 @@ mod avx512 {
             while r < rows {
                 let mut acc = _mm512_setzero_si512();
                 for b in 0..blocks {
-                    let q0 = _mm512_loadu_si512(qp.add(b * BLOCK).cast());
-                    let q1 = _mm512_loadu_si512(qp.add(b * BLOCK + 64).cast());
-                    let p = sketches.as_ptr().add(r * row_bytes + b * 64);
-                    let v = _mm512_loadu_si512(p.cast());
-                    let low = _mm512_and_si512(v, mask);
-                    let high = _mm512_and_si512(_mm512_srli_epi16::<4>(v), mask);
-                    acc = _mm512_dpbusd_epi32(acc, low, q0);
-                    acc = _mm512_dpbusd_epi32(acc, high, q1);
+                    let p = sketches.as_ptr().add(r * row_bytes + b * BLOCK_BYTES);
+                    acc = block(acc, _mm512_loadu_si512(p.cast()), &query(b));
                 }
                 out[r] = _mm512_reduce_add_epi32(acc);
                 r += 1;
@@ -373,7 +401,7 @@ mod tests {
             for row in sketches.chunks_exact_mut(s.row_bytes()) {
                 s.encode(&rand_vec(&mut state, dim), row);
             }
-            // Extreme codes too: all 0 and all 15.
+            // Extreme codes too: all 0 and all 3.
             sketches[..s.row_bytes()].fill(0);
             sketches[s.row_bytes()..2 * s.row_bytes()].fill(0xff);
             let query = s.query(&rand_vec(&mut state, dim)).unwrap();
@@ -384,20 +412,53 @@ mod tests {
             assert_eq!(got, want, "dim {dim}");
             // The definition itself, from unpacked codes.
             let row = &sketches[2 * s.row_bytes()..3 * s.row_bytes()];
-            let mut codes = vec![0i32; s.padded];
-            for (b, chunk) in row.chunks_exact(64).enumerate() {
-                for (j, byte) in chunk.iter().enumerate() {
-                    codes[b * BLOCK + j] = i32::from(byte & 15);
-                    codes[b * BLOCK + 64 + j] = i32::from(byte >> 4);
-                }
-            }
+            let codes = unpack(&s, row);
             let direct: i32 = codes
                 .iter()
                 .zip(&query.codes)
                 .map(|(c, q)| c * i32::from(*q))
                 .sum();
             assert_eq!(want[2], direct);
+            let all_three: i32 = query.codes.iter().map(|q| 3 * i32::from(*q)).sum();
+            assert_eq!((want[0], want[1]), (0, all_three));
         }
+    }
+
+    /// A row's codes in component order (the layout the module describes).
+    fn unpack(s: &Sketcher, row: &[u8]) -> Vec<i32> {
+        let mut codes = vec![0i32; s.padded];
+        for (b, chunk) in row.chunks_exact(BLOCK_BYTES).enumerate() {
+            for (j, byte) in chunk.iter().enumerate() {
+                for part in 0..4 {
+                    codes[b * BLOCK + part * BLOCK_BYTES + j] = i32::from((byte >> (2 * part)) & 3);
+                }
+            }
+        }
+        codes
+    }
+
+    #[test]
+    fn codes_are_the_rotated_values_levels() {
+        // Each code is the level of its rotated value (`floor(y / rms)`,
+        // clamped to -2..=1), and the step is the rms corrected by
+        // |y|² / (y · ŷ).
+        let s = Sketcher::new(512);
+        let mut state = 77;
+        let v = rand_vec(&mut state, 512);
+        let mut row = vec![0u8; s.row_bytes()];
+        let step = s.encode(&v, &mut row);
+        let y = s.rotate(&v);
+        let rms = (dot(&y, &y) / y.len() as f32).sqrt();
+        let codes = unpack(&s, &row);
+        let mut along = 0f32;
+        for (c, y) in codes.iter().zip(&y) {
+            let level = (y / rms).floor().clamp(-2.0, 1.0) as i32 + 2;
+            assert_eq!(*c, level, "{y} / {rms}");
+            along += y * (*c as f32 - 1.5);
+        }
+        assert!(codes.contains(&0) && codes.contains(&3));
+        let want = dot(&y, &y) / along;
+        assert!((step - want).abs() <= 1e-5 * want, "{step} vs {want}");
     }
 
     #[test]
@@ -422,10 +483,16 @@ mod tests {
         let q = unit(rand_vec(&mut state, dim));
         let mut est = vec![0f32; vectors.len()];
         s.dots(&s.query(&q).unwrap(), &sketches, &steps, &mut est);
-        for (v, e) in vectors.iter().zip(&est) {
-            // 4-bit rows: about a twentieth of a unit vector's norm.
-            assert!((dot(v, &q) - e).abs() < 0.05, "{} vs {e}", dot(v, &q));
-        }
+        // 2-bit rows of 512 random components: the error of an estimate is
+        // about sqrt(0.12 / 512) ≈ 0.015 of a unit vector's norm.
+        let errors: Vec<f32> = vectors
+            .iter()
+            .zip(&est)
+            .map(|(v, e)| (dot(v, &q) - e).abs())
+            .collect();
+        let rms = (errors.iter().map(|e| e * e).sum::<f32>() / errors.len() as f32).sqrt();
+        let max = errors.iter().fold(0f32, |m, e| m.max(*e));
+        assert!(rms < 0.02 && max < 0.07, "rms {rms}, max {max}");
         // Zero and non-finite vectors: step 0, estimate 0; no query.
         let mut out = vec![0u8; s.row_bytes()];
         assert_eq!(s.encode(&vec![0.0; dim], &mut out), 0.0);

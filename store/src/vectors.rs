@@ -16,16 +16,16 @@
 //!
 //! Once [`VectorSet::build_sketches`] has been called (a server warming
 //! up), a large unfiltered scan (from [`SKETCH_MIN_ROWS`] rows) reads a
-//! 4-bit sketch of every row first (see [`crate::sketch`]): half the bytes
-//! of the int8 rows. Its best [`sketch_candidates`] are scored with the
-//! int8 rows as above; the rest are never read at int8.
+//! 2-bit sketch of every row first (see [`crate::sketch`]): a quarter of
+//! the bytes of the int8 rows. Its best [`sketch_candidates`] are scored
+//! with the int8 rows as above; the rest are never read at int8.
 
 use std::cmp::Ordering;
 use std::collections::{BinaryHeap, HashMap};
 
 use rayon::prelude::*;
 
-use crate::sketch::Sketcher;
+use crate::sketch::{SketchQuery, Sketcher};
 
 /// Above this many rows the scan is split across threads.
 const PARALLEL_SCAN_ROWS: usize = 16_384;
@@ -33,20 +33,34 @@ const PARALLEL_SCAN_ROWS: usize = 16_384;
 /// Rows scored per kernel call by an unfiltered scan.
 const SCAN_BLOCK: usize = 256;
 
-/// From this many rows an unfiltered scan goes through the 4-bit sketches
-/// first (below it the int8 rows fit in cache and the scan takes well
-/// under a millisecond anyway).
-const SKETCH_MIN_ROWS: usize = 16_384;
+/// From this many rows an unfiltered scan goes through the 2-bit sketches
+/// first (below it the int8 rows take ~1 ms or less to scan, and the
+/// candidates' random reads would eat most of what the sketches save).
+const SKETCH_MIN_ROWS: usize = 32_768;
 
 /// How many of the sketch pass's best rows go on to be scored with the
-/// int8 rows for a scan of the best `k`: 8·k, at least 256. On CLIP-like
-/// vectors with weak (text-like, cosine ≈ 0.3) queries the true top 10 of
-/// 100k rows were all within the first 50–100 (see the tests and
-/// `benches/library.rs`, which measures recall against the exact f32
-/// ranking).
+/// int8 rows for a scan of the best `k`: 64·k, at least 4,096. A 2-bit
+/// estimate is off by ~0.015 (of a unit vector's norm), the scores of a
+/// weak text-like query's best thousand rows lie within a few hundredths,
+/// so the true top 10 can rank anywhere in the first thousand or two. In a
+/// simulation of a library with a CLIP-like spectrum (100k rows, mean
+/// cosine between rows 0.5, 200 queries whose best cosine is ~0.3) recall@10
+/// of the first 1,024 was 0.994, of the first 2,048 0.9995, of the first
+/// 4,096 1.000 (4-bit sketches: 1.000 from the first 256);
+/// `benches/library.rs` measures the scan's recall on such a library
+/// against the exact f32 ranking. Scoring 4,096 int8 rows reads 2 MB,
+/// scattered (~0.1 ms a thousand rows on one core); the 2-bit pass reads
+/// 13 MB less than a 4-bit one.
 fn sketch_candidates(k: usize) -> usize {
-    k.saturating_mul(8).max(256)
+    k.saturating_mul(64).max(4_096)
 }
+
+/// Buckets of the histogram that finds the sketch pass's threshold.
+const ESTIMATE_BUCKETS: usize = 4_096;
+
+/// Candidate rows scored ahead of the one being scored: their codes are
+/// asked of the cache first (the rows are scattered over the library).
+const CANDIDATE_PREFETCH: usize = 4;
 
 /// All live embeddings, one quantised row per photo, contiguous for a fast
 /// scan.
@@ -313,42 +327,47 @@ impl VectorSet {
             top_of_blocks(rows, k, kernel, |row| self.ids[row])
         };
         let n = self.ids.len();
+        let candidates = sketch_candidates(k);
         let sketches = self
             .sketches
             .as_ref()
-            .filter(|_| keep.is_none() && n >= sketch_min_rows && sketch_candidates(k) < n / 4);
+            .filter(|_| keep.is_none() && n >= sketch_min_rows && candidates <= n / 8);
         let prepared = sketches.and_then(|s| Some((s, s.sketcher.query(query)?)));
         let heap = match prepared {
             Some((sketches, sketch_query)) => {
-                // The sketch pass ranks rows (ids are row numbers here)...
-                let r = sketch_candidates(k);
-                let bytes = sketches.sketcher.row_bytes();
-                let rows = split_scan(n, r, |rows| {
-                    let kernel = |block: std::ops::Range<usize>, estimates: &mut [f32]| {
-                        sketches.sketcher.dots(
-                            &sketch_query,
-                            &sketches.bytes[block.start * bytes..block.end * bytes],
-                            &sketches.steps[block],
-                            estimates,
-                        );
-                    };
-                    top_of_blocks(rows, r, kernel, |row| row as u64)
-                });
-                // ...and its best are scored with the int8 rows.
-                let mut heap = BinaryHeap::with_capacity(k + 1);
-                for candidate in rows {
-                    let row = candidate.id as usize;
-                    let score = self.score(&query_dot, row);
-                    push_top(
-                        &mut heap,
-                        k,
-                        Scored {
-                            score,
-                            id: self.ids[row],
-                        },
-                    );
-                }
-                heap
+                // The sketch pass estimates every row and finds the
+                // threshold of the best `candidates`; the rows above it are
+                // scored with their int8 codes.
+                let buckets = Buckets::new(1.5 * query.iter().map(|x| x * x).sum::<f32>().sqrt());
+                let part_rows = if n >= PARALLEL_SCAN_ROWS {
+                    n.div_ceil(rayon::current_num_threads().max(1))
+                } else {
+                    n
+                };
+                ESTIMATES.with(|buffer| {
+                    let mut estimates = std::mem::take(&mut *buffer.borrow_mut());
+                    // Every value is written by `estimate`.
+                    estimates.resize(n, 0.0);
+                    let histogram =
+                        sketches.estimate(&sketch_query, buckets, part_rows, &mut estimates);
+                    let threshold = threshold_bucket(&histogram, candidates);
+                    let heap = estimates
+                        .par_chunks(part_rows)
+                        .enumerate()
+                        .map(|(part, estimates)| {
+                            let rows = buckets.rows_at_or_above(estimates, threshold);
+                            let start = part * part_rows;
+                            self.top_of_rows(&query_dot, start, &rows, k)
+                        })
+                        .reduce(BinaryHeap::new, |mut a, b| {
+                            for s in b {
+                                push_top(&mut a, k, s);
+                            }
+                            a
+                        });
+                    *buffer.borrow_mut() = estimates;
+                    heap
+                })
             }
             None => split_scan(n, k, scan),
         };
@@ -361,11 +380,41 @@ impl VectorSet {
         });
         out.into_iter().map(|s| (s.id, s.score)).collect()
     }
+
+    /// The best `k` of rows `start + r` for `r` in `rows` (in row order),
+    /// scored with their int8 codes, each asked of the cache
+    /// [`CANDIDATE_PREFETCH`] rows ahead.
+    fn top_of_rows(
+        &self,
+        query: &QueryDot,
+        start: usize,
+        rows: &[u32],
+        k: usize,
+    ) -> BinaryHeap<Scored> {
+        let mut heap = BinaryHeap::with_capacity(k + 1);
+        for (i, &r) in rows.iter().enumerate() {
+            if let Some(&ahead) = rows.get(i + CANDIDATE_PREFETCH) {
+                let ahead = start + ahead as usize;
+                prefetch(&self.codes[ahead * self.dim..(ahead + 1) * self.dim]);
+            }
+            let row = start + r as usize;
+            let score = self.score(query, row);
+            push_top(
+                &mut heap,
+                k,
+                Scored {
+                    score,
+                    id: self.ids[row],
+                },
+            );
+        }
+        heap
+    }
 }
 
-/// The 4-bit sketch of every row, in row order (see [`crate::sketch`]),
+/// The 2-bit sketch of every row, in row order (see [`crate::sketch`]),
 /// made from the rows' int8 codes: a sketch quantises again what the int8
-/// row kept, which changes its estimates by far less than its own 16 levels.
+/// row kept, which changes its estimates by far less than its own 4 levels.
 struct Sketches {
     sketcher: Sketcher,
     /// `sketcher.row_bytes()` per row.
@@ -432,6 +481,193 @@ impl Sketches {
     fn heap_bytes(&self) -> usize {
         self.bytes.capacity() + self.steps.capacity() * 4
     }
+
+    /// Writes every row's estimate for `query` into `estimates`, parts of
+    /// `part_rows` rows on separate threads, and returns their histogram
+    /// over `buckets`.
+    fn estimate(
+        &self,
+        query: &SketchQuery,
+        buckets: Buckets,
+        part_rows: usize,
+        estimates: &mut [f32],
+    ) -> Vec<u32> {
+        let row_bytes = self.sketcher.row_bytes();
+        estimates
+            .par_chunks_mut(part_rows.max(1))
+            .enumerate()
+            .map(|(part, estimates)| {
+                let start = part * part_rows;
+                let rows = start..start + estimates.len();
+                self.sketcher.dots(
+                    query,
+                    &self.bytes[rows.start * row_bytes..rows.end * row_bytes],
+                    &self.steps[rows],
+                    estimates,
+                );
+                // Four interleaved tables: neighbouring rows that fall in one
+                // bucket do not wait for each other's increments.
+                let mut counts = vec![0u32; 4 * ESTIMATE_BUCKETS];
+                for (i, &e) in estimates.iter().enumerate() {
+                    counts[(i & 3) * ESTIMATE_BUCKETS + buckets.of(e)] += 1;
+                }
+                let (first, rest) = counts.split_at_mut(ESTIMATE_BUCKETS);
+                for table in rest.chunks_exact(ESTIMATE_BUCKETS) {
+                    first.iter_mut().zip(table).for_each(|(a, b)| *a += b);
+                }
+                counts.truncate(ESTIMATE_BUCKETS);
+                counts
+            })
+            .reduce(
+                || vec![0u32; ESTIMATE_BUCKETS],
+                |mut a, b| {
+                    a.iter_mut().zip(b).for_each(|(a, b)| *a += b);
+                    a
+                },
+            )
+    }
+}
+
+/// [`ESTIMATE_BUCKETS`] equal buckets over `[-bound, bound]`, where the
+/// sketch pass's estimates fall (an estimate outside counts in the end
+/// bucket on its side, NaN in the lowest).
+#[derive(Clone, Copy)]
+struct Buckets {
+    bound: f32,
+    scale: f32,
+}
+
+impl Buckets {
+    /// Buckets for estimates up to `bound` in magnitude.
+    fn new(bound: f32) -> Self {
+        let bound = if bound > 0.0 && bound.is_finite() {
+            bound
+        } else {
+            1.0
+        };
+        Self {
+            bound,
+            scale: ESTIMATE_BUCKETS as f32 / (2.0 * bound),
+        }
+    }
+
+    /// `estimate`'s position in buckets: its bucket is the integer part
+    /// (below 0 and NaN count as 0, beyond the last bucket as the last).
+    fn position(self, estimate: f32) -> f32 {
+        (estimate + self.bound) * self.scale
+    }
+
+    /// The bucket of `estimate`.
+    fn of(self, estimate: f32) -> usize {
+        // `max` turns NaN into 0; in range, the cast truncates.
+        let position = self
+            .position(estimate)
+            .max(0.0)
+            .min((ESTIMATE_BUCKETS - 1) as f32);
+        // SAFETY: `position` is finite and in `[0, ESTIMATE_BUCKETS)`.
+        (unsafe { position.to_int_unchecked::<u32>() }) as usize
+    }
+
+    /// The indices of `estimates` in bucket `bucket` or above (`of(e) >=
+    /// bucket`, as one comparison), in order. A few percent are: most runs
+    /// of 16 are passed over after one vectorised test.
+    fn rows_at_or_above(self, estimates: &[f32], bucket: usize) -> Vec<u32> {
+        if bucket == 0 {
+            return (0..estimates.len() as u32).collect();
+        }
+        let edge = bucket as f32;
+        let mut rows = Vec::with_capacity(estimates.len() / 8);
+        #[cfg(target_arch = "x86_64")]
+        if crate::sketch::vnni() {
+            // SAFETY: `vnni` checked AVX512F.
+            unsafe { self.compress_at_or_above(estimates, edge, &mut rows) };
+            return rows;
+        }
+        rows.extend(
+            (0u32..)
+                .zip(estimates)
+                .filter(|(_, e)| self.position(**e) >= edge)
+                .map(|(row, _)| row),
+        );
+        rows
+    }
+
+    /// [`rows_at_or_above`](Self::rows_at_or_above) past its first test:
+    /// 16 estimates per compare, their passing indices stored with one
+    /// compress.
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx512f")]
+    unsafe fn compress_at_or_above(self, estimates: &[f32], edge: f32, rows: &mut Vec<u32>) {
+        use std::arch::x86_64::*;
+        let runs = estimates.len() / 16;
+        let (bound, scale, edge_v) = (
+            _mm512_set1_ps(self.bound),
+            _mm512_set1_ps(self.scale),
+            _mm512_set1_ps(edge),
+        );
+        let step = _mm512_set1_epi32(16);
+        let mut index = _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
+        for run in 0..runs {
+            // SAFETY: `16·run + 16 ≤ estimates.len()`; the compress writes at
+            // most 16 values where 16 are reserved.
+            unsafe {
+                let e = _mm512_loadu_ps(estimates.as_ptr().add(16 * run));
+                let position = _mm512_mul_ps(_mm512_add_ps(e, bound), scale);
+                let pass = _mm512_cmp_ps_mask::<_CMP_GE_OQ>(position, edge_v);
+                if pass != 0 {
+                    rows.reserve(16);
+                    let len = rows.len();
+                    _mm512_mask_compressstoreu_epi32(
+                        rows.as_mut_ptr().add(len).cast(),
+                        pass,
+                        index,
+                    );
+                    rows.set_len(len + pass.count_ones() as usize);
+                }
+            }
+            index = _mm512_add_epi32(index, step);
+        }
+        let first = 16 * runs;
+        rows.extend(
+            (first as u32..)
+                .zip(&estimates[first..])
+                .filter(|(_, e)| self.position(**e) >= edge)
+                .map(|(row, _)| row),
+        );
+    }
+}
+
+/// The highest bucket with at least `count` values at or above it in
+/// `histogram` (0 if there are fewer): the rows in it and above are the
+/// best `count` and the rest of their bucket.
+fn threshold_bucket(histogram: &[u32], count: usize) -> usize {
+    let mut above = 0usize;
+    for (bucket, c) in histogram.iter().enumerate().rev() {
+        above += *c as usize;
+        if above >= count {
+            return bucket;
+        }
+    }
+    0
+}
+
+thread_local! {
+    /// The sketch pass's estimates, one per row, reused by the thread that
+    /// asks (a 100k library's are 400 KB).
+    static ESTIMATES: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// Asks the cache for `bytes` (a candidate's row, read soon).
+fn prefetch(bytes: &[i8]) {
+    #[cfg(target_arch = "x86_64")]
+    for line in bytes.chunks(64) {
+        // SAFETY: a prefetch only hints; the address is inside `bytes`.
+        unsafe {
+            std::arch::x86_64::_mm_prefetch::<{ std::arch::x86_64::_MM_HINT_T0 }>(line.as_ptr())
+        };
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = bytes;
 }
 
 /// An int8 row as f32: `code · scale`.
@@ -872,6 +1108,65 @@ mod tests {
         assert_eq!(bytes(&one), (rebuilt.bytes, rebuilt.steps));
         assert_eq!(batch.id_of_vid(3), None);
         assert_eq!(batch.id_of_vid(33), Some(3));
+    }
+
+    /// The sketch pass's candidates: the rows at or above a bucket are
+    /// those `Buckets::of` puts there (the AVX-512 compress and the plain
+    /// filter alike), for NaN, infinite and out-of-range estimates too and
+    /// lengths that are not whole runs of 16; the threshold bucket keeps at
+    /// least `count` rows and, one bucket higher, fewer.
+    #[test]
+    fn candidates_are_the_rows_at_or_above_the_threshold_bucket() {
+        let mut state = 3u64;
+        let mut rand = move || {
+            state = state
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            ((state >> 33) as f32 / (1u64 << 31) as f32) * 2.0 - 1.0
+        };
+        let buckets = Buckets::new(1.5);
+        for len in [0, 1, 15, 16, 17, 1_000, 4_099] {
+            let mut estimates: Vec<f32> = (0..len).map(|_| 0.4 * rand() + 0.1).collect();
+            for (i, special) in [f32::NAN, f32::INFINITY, f32::NEG_INFINITY, 1.6, -1.6, 1.5]
+                .into_iter()
+                .enumerate()
+            {
+                if let Some(e) = estimates.get_mut(i * 7) {
+                    *e = special;
+                }
+            }
+            let mut histogram = vec![0u32; ESTIMATE_BUCKETS];
+            estimates
+                .iter()
+                .for_each(|e| histogram[buckets.of(*e)] += 1);
+            for bucket in [0, 1, 1_500, 2_048, 2_500, ESTIMATE_BUCKETS - 1] {
+                let want: Vec<u32> = (0u32..)
+                    .zip(&estimates)
+                    .filter(|(_, e)| buckets.of(**e) >= bucket)
+                    .map(|(row, _)| row)
+                    .collect();
+                assert_eq!(buckets.rows_at_or_above(&estimates, bucket), want);
+                let plain: Vec<u32> = (0u32..)
+                    .zip(&estimates)
+                    .filter(|(_, e)| bucket == 0 || buckets.position(**e) >= bucket as f32)
+                    .map(|(row, _)| row)
+                    .collect();
+                assert_eq!(plain, want, "len {len}, bucket {bucket}");
+            }
+            for count in [1, 10, len / 3, len] {
+                let t = threshold_bucket(&histogram, count);
+                let at_or_above = |b: usize| histogram[b..].iter().sum::<u32>() as usize;
+                assert!(at_or_above(t) >= count.min(len), "len {len}, count {count}");
+                if t + 1 < ESTIMATE_BUCKETS && count <= len {
+                    assert!(at_or_above(t + 1) < count, "len {len}, count {count}");
+                }
+            }
+        }
+        // NaN and -inf count in the lowest bucket, +inf in the highest.
+        assert_eq!(buckets.of(f32::NAN), 0);
+        assert_eq!(buckets.of(f32::NEG_INFINITY), 0);
+        assert_eq!(buckets.of(f32::INFINITY), ESTIMATE_BUCKETS - 1);
+        assert_eq!(buckets.of(0.0), ESTIMATE_BUCKETS / 2);
     }
 
     /// A large scan's sketch pass keeps every row of the int8 ranking's top
