@@ -620,7 +620,7 @@ impl Library {
     /// Loads what searches need (vectors, filter catalog, keyword index, and
     /// the graph when the library is large enough to use it), so that the
     /// first query is as fast as the others; and, since many queries will
-    /// follow, the vectors' 4-bit sketches, which large scans read first
+    /// follow, the vectors' 2-bit sketches, which large scans read first
     /// (a one-off search does without: building them costs more than they
     /// save it).
     pub fn warm_up(&mut self) -> Result<(), StoreError> {

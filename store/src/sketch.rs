@@ -45,8 +45,8 @@ const BLOCK: usize = 256;
 /// Bytes of one packed block.
 const BLOCK_BYTES: usize = BLOCK / 4;
 
-/// Rows per kernel call of [`Sketcher::dots`] (the scan's own blocks are
-/// this size).
+/// Rows per kernel call (`code_dots`) within [`Sketcher::dots`]: their
+/// integer sums stay on the stack.
 const DOTS_BLOCK: usize = 256;
 
 /// The largest Walsh–Hadamard block (the rotation works on blocks of the
@@ -182,7 +182,9 @@ impl Sketcher {
                 *b = byte;
             }
         }
-        // `y · ŷ = step · along` > 0: every value's level has its sign.
+        // `y · ŷ = step · along` > 0: every value's level has its sign (but
+        // for values within ~1e-7·step below 0, which the addition rounds
+        // up to level 0.5: a negligible term).
         squares / along
     }
 
@@ -211,8 +213,8 @@ impl Sketcher {
     ) {
         let row_bytes = self.row_bytes();
         let rows = out.len().min(steps.len()).min(sketches.len() / row_bytes);
-        // On the stack, a block at a time: a scan calls this ~400 times
-        // per query, and an allocation each was measurable.
+        // On the stack, a block at a time: no allocation per call, and the
+        // sums are read back while still in L1.
         let mut sums = [0i32; DOTS_BLOCK];
         let half = 0.5 * query.scale;
         for start in (0..rows).step_by(DOTS_BLOCK) {

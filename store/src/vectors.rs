@@ -70,7 +70,7 @@ pub(crate) struct VectorSet {
     vids: Vec<u64>,
     codes: Vec<i8>,
     scales: Vec<f32>,
-    /// The rows' 4-bit sketches, once [`build_sketches`](Self::build_sketches)
+    /// The rows' 2-bit sketches, once [`build_sketches`](Self::build_sketches)
     /// asked for them.
     sketches: Option<Sketches>,
     row_of_id: HashMap<u64, usize>,
@@ -135,7 +135,7 @@ impl VectorSet {
         }
     }
 
-    /// Builds the 4-bit sketch of every row (on all threads), kept up to
+    /// Builds the 2-bit sketch of every row (on all threads), kept up to
     /// date from then on, so that large unfiltered scans read them first.
     /// Worth it for a process that answers many queries (a server warming
     /// up), not for a single search: 100k rows take ≈ 0.1 s.
@@ -333,44 +333,11 @@ impl VectorSet {
             .as_ref()
             .filter(|_| keep.is_none() && n >= sketch_min_rows && candidates <= n / 8);
         let prepared = sketches.and_then(|s| Some((s, s.sketcher.query(query)?)));
-        let heap = match prepared {
-            Some((sketches, sketch_query)) => {
-                // The sketch pass estimates every row and finds the
-                // threshold of the best `candidates`; the rows above it are
-                // scored with their int8 codes.
-                let buckets = Buckets::new(1.5 * query.iter().map(|x| x * x).sum::<f32>().sqrt());
-                let part_rows = if n >= PARALLEL_SCAN_ROWS {
-                    n.div_ceil(rayon::current_num_threads().max(1))
-                } else {
-                    n
-                };
-                ESTIMATES.with(|buffer| {
-                    let mut estimates = std::mem::take(&mut *buffer.borrow_mut());
-                    // Every value is written by `estimate`.
-                    estimates.resize(n, 0.0);
-                    let histogram =
-                        sketches.estimate(&sketch_query, buckets, part_rows, &mut estimates);
-                    let threshold = threshold_bucket(&histogram, candidates);
-                    let heap = estimates
-                        .par_chunks(part_rows)
-                        .enumerate()
-                        .map(|(part, estimates)| {
-                            let rows = buckets.rows_at_or_above(estimates, threshold);
-                            let start = part * part_rows;
-                            self.top_of_rows(&query_dot, start, &rows, k)
-                        })
-                        .reduce(BinaryHeap::new, |mut a, b| {
-                            for s in b {
-                                push_top(&mut a, k, s);
-                            }
-                            a
-                        });
-                    *buffer.borrow_mut() = estimates;
-                    heap
-                })
-            }
-            None => split_scan(n, k, scan),
-        };
+        let heap = prepared
+            .and_then(|(sketches, sketch_query)| {
+                self.sketch_top_k(sketches, &sketch_query, query, &query_dot, k, candidates)
+            })
+            .unwrap_or_else(|| split_scan(n, k, scan));
         let mut out: Vec<Scored> = heap.into_vec();
         out.sort_by(|a, b| {
             b.score
@@ -379,6 +346,57 @@ impl VectorSet {
                 .then(a.id.cmp(&b.id))
         });
         out.into_iter().map(|s| (s.id, s.score)).collect()
+    }
+
+    /// The best `k` rows by their int8 scores among the best `candidates`
+    /// by the sketch estimates (see the module documentation): every row's
+    /// estimate and their histogram, whose top-down count gives the
+    /// threshold, then the rows at or above it scored with their int8 codes,
+    /// each step split across the threads. `None` where the threshold's
+    /// bucket holds too many rows to be worth it (estimates that tie: many
+    /// duplicates, zero vectors), for the int8 scan to do instead.
+    fn sketch_top_k(
+        &self,
+        sketches: &Sketches,
+        sketch_query: &SketchQuery,
+        query: &[f32],
+        query_dot: &QueryDot,
+        k: usize,
+        candidates: usize,
+    ) -> Option<BinaryHeap<Scored>> {
+        let n = self.ids.len();
+        let buckets = Buckets::new(1.5 * query.iter().map(|x| x * x).sum::<f32>().sqrt());
+        let part_rows = if n >= PARALLEL_SCAN_ROWS {
+            n.div_ceil(rayon::current_num_threads().max(1))
+        } else {
+            n
+        }
+        .max(1);
+        ESTIMATES.with(|buffer| {
+            let mut estimates = std::mem::take(&mut *buffer.borrow_mut());
+            // Every value is written by `estimate`.
+            estimates.resize(n, 0.0);
+            let histogram = sketches.estimate(sketch_query, buckets, part_rows, &mut estimates);
+            let threshold = threshold_bucket(&histogram, candidates);
+            let passing: usize = histogram[threshold..].iter().map(|c| *c as usize).sum();
+            let heap = (passing <= 4 * candidates).then(|| {
+                estimates
+                    .par_chunks(part_rows)
+                    .enumerate()
+                    .map(|(part, estimates)| {
+                        let rows = buckets.rows_at_or_above(estimates, threshold);
+                        self.top_of_rows(query_dot, part * part_rows, &rows, k)
+                    })
+                    .reduce(BinaryHeap::new, |mut a, b| {
+                        for s in b {
+                            push_top(&mut a, k, s);
+                        }
+                        a
+                    })
+            });
+            *buffer.borrow_mut() = estimates;
+            heap
+        })
     }
 
     /// The best `k` of rows `start + r` for `r` in `rows` (in row order),
@@ -575,21 +593,25 @@ impl Buckets {
         if bucket == 0 {
             return (0..estimates.len() as u32).collect();
         }
-        let edge = bucket as f32;
-        let mut rows = Vec::with_capacity(estimates.len() / 8);
         #[cfg(target_arch = "x86_64")]
         if crate::sketch::vnni() {
+            let mut rows = Vec::with_capacity(estimates.len() / 8);
             // SAFETY: `vnni` checked AVX512F.
-            unsafe { self.compress_at_or_above(estimates, edge, &mut rows) };
+            unsafe { self.compress_at_or_above(estimates, bucket as f32, &mut rows) };
             return rows;
         }
-        rows.extend(
-            (0u32..)
-                .zip(estimates)
-                .filter(|(_, e)| self.position(**e) >= edge)
-                .map(|(row, _)| row),
-        );
-        rows
+        self.rows_at_or_above_plain(estimates, bucket)
+    }
+
+    /// [`rows_at_or_above`](Self::rows_at_or_above) in plain Rust, for CPUs
+    /// without AVX-512 (and the definition the compress is tested against).
+    fn rows_at_or_above_plain(self, estimates: &[f32], bucket: usize) -> Vec<u32> {
+        let edge = bucket as f32;
+        (0u32..)
+            .zip(estimates)
+            .filter(|(_, e)| bucket == 0 || self.position(**e) >= edge)
+            .map(|(row, _)| row)
+            .collect()
     }
 
     /// [`rows_at_or_above`](Self::rows_at_or_above) past its first test:
@@ -653,7 +675,9 @@ fn threshold_bucket(histogram: &[u32], count: usize) -> usize {
 
 thread_local! {
     /// The sketch pass's estimates, one per row, reused by the thread that
-    /// asks (a 100k library's are 400 KB).
+    /// asks (a 100k library's are 400 KB, kept by each thread that has
+    /// scanned one: 4 bytes per photo, not counted in the library's vector
+    /// bytes).
     static ESTIMATES: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
 }
 
@@ -1111,8 +1135,8 @@ mod tests {
     }
 
     /// The sketch pass's candidates: the rows at or above a bucket are
-    /// those `Buckets::of` puts there (the AVX-512 compress and the plain
-    /// filter alike), for NaN, infinite and out-of-range estimates too and
+    /// those `Buckets::of` puts there (the AVX-512 compress, where the CPU
+    /// has it, and the plain filter alike), for NaN, infinite and out-of-range estimates too and
     /// lengths that are not whole runs of 16; the threshold bucket keeps at
     /// least `count` rows and, one bucket higher, fewer.
     #[test]
@@ -1146,12 +1170,15 @@ mod tests {
                     .map(|(row, _)| row)
                     .collect();
                 assert_eq!(buckets.rows_at_or_above(&estimates, bucket), want);
-                let plain: Vec<u32> = (0u32..)
-                    .zip(&estimates)
-                    .filter(|(_, e)| bucket == 0 || buckets.position(**e) >= bucket as f32)
-                    .map(|(row, _)| row)
-                    .collect();
+                let plain = buckets.rows_at_or_above_plain(&estimates, bucket);
                 assert_eq!(plain, want, "len {len}, bucket {bucket}");
+                #[cfg(target_arch = "x86_64")]
+                if crate::sketch::vnni() && bucket > 0 {
+                    let mut rows = Vec::new();
+                    // SAFETY: `vnni` checked AVX512F.
+                    unsafe { buckets.compress_at_or_above(&estimates, bucket as f32, &mut rows) };
+                    assert_eq!(rows, want, "len {len}, bucket {bucket}");
+                }
             }
             for count in [1, 10, len / 3, len] {
                 let t = threshold_bucket(&histogram, count);
@@ -1188,7 +1215,9 @@ mod tests {
         let centres: Vec<Vec<f32>> = (0..64)
             .map(|_| (0..dim).map(|_| rand()).collect())
             .collect();
-        let n = SKETCH_MIN_ROWS + 4_000;
+        // On three threads the parts are 12,260 rows (not whole runs of 16)
+        // and the last is shorter.
+        let n = SKETCH_MIN_ROWS + 4_010;
         let mut set = VectorSet::new(dim);
         for id in 0..n as u64 + 50 {
             let c = &centres[id as usize % centres.len()];
@@ -1201,7 +1230,13 @@ mod tests {
             set.remove(id * 7);
         }
         assert_eq!(set.len(), n);
-        assert!(sketch_candidates(10) < n / 4);
+        let candidates = sketch_candidates(10);
+        assert!(n >= SKETCH_MIN_ROWS && candidates <= n / 8);
+        let sketches = set.sketches.as_ref().expect("sketches");
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(3)
+            .build()
+            .expect("pool");
         for _ in 0..8 {
             let c = &centres[(rand().abs() * 60.0) as usize];
             let mut q: Vec<f32> = c.iter().map(|x| x + 2.5 * rand()).collect();
@@ -1209,8 +1244,70 @@ mod tests {
             let q = unit(&q);
             let int8 = set.top_k_from(&q, 10, None, usize::MAX);
             assert!(int8[0].1 < 0.6, "a weak query: best {}", int8[0].1);
-            assert_eq!(set.top_k(&q, 10, None), int8);
+            pool.install(|| {
+                // The sketch path itself (not a fallback) finds them...
+                let sketch_query = sketches.sketcher.query(&q).expect("query");
+                let heap = set
+                    .sketch_top_k(
+                        sketches,
+                        &sketch_query,
+                        &q,
+                        &QueryDot::new(&q),
+                        10,
+                        candidates,
+                    )
+                    .expect("the sketch path");
+                let mut found: Vec<(u64, f32)> =
+                    heap.into_iter().map(|s| (s.id, s.score)).collect();
+                found.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
+                assert_eq!(found, int8);
+                // ...and so does the scan that takes it.
+                assert_eq!(set.top_k(&q, 10, None), int8);
+                // The parts' histograms add up to the definition's.
+                let buckets = Buckets::new(1.5);
+                let mut estimates = vec![0f32; n];
+                let histogram =
+                    sketches.estimate(&sketch_query, buckets, n.div_ceil(3), &mut estimates);
+                let mut want = vec![0u32; ESTIMATE_BUCKETS];
+                estimates.iter().for_each(|e| want[buckets.of(*e)] += 1);
+                assert_eq!(histogram, want);
+            });
         }
+    }
+
+    /// Where the sketch estimates tie (here: a library of one vector and its
+    /// copies), the threshold's bucket holds nearly every row; the scan
+    /// then leaves the sketches to the int8 rows, and finds the same.
+    #[test]
+    fn tied_estimates_fall_back_to_the_int8_scan() {
+        let dim = 512;
+        let v: Vec<f32> = (0..dim).map(|i| (i as f32 * 0.37).sin()).collect();
+        let w: Vec<f32> = (0..dim).map(|i| (i as f32 * 0.11).cos()).collect();
+        let n = SKETCH_MIN_ROWS + 100;
+        let mut set = VectorSet::new(dim);
+        for id in 0..n as u64 {
+            // Ten rows differ from the copies.
+            let row = if id % 3_000 == 7 { &w } else { &v };
+            set.upsert(id, id, &unit(row));
+        }
+        set.build_sketches();
+        let sketches = set.sketches.as_ref().expect("sketches");
+        let q = unit(&w);
+        let sketch_query = sketches.sketcher.query(&q).expect("query");
+        let candidates = sketch_candidates(10);
+        assert!(set
+            .sketch_top_k(
+                sketches,
+                &sketch_query,
+                &q,
+                &QueryDot::new(&q),
+                10,
+                candidates
+            )
+            .is_none());
+        let found = set.top_k(&q, 10, None);
+        assert_eq!(found, set.top_k_from(&q, 10, None, usize::MAX));
+        assert!(found.iter().all(|(id, _)| id % 3_000 == 7), "{found:?}");
     }
 
     #[test]
