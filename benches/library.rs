@@ -64,11 +64,7 @@ fn scan_recall(
     let mut recall = |queries: &[Vec<f32>]| {
         let (mut found, mut best) = (0usize, 0f64);
         for q in queries {
-            let mut truth: Vec<(f32, u64)> = all
-                .iter()
-                .map(|(id, e)| (e.iter().zip(q).map(|(a, b)| a * b).sum(), *id))
-                .collect();
-            truth.sort_by(|a, b| b.0.total_cmp(&a.0));
+            let truth = exact_ranking(&all, q);
             best += f64::from(truth[0].0);
             let request = SearchRequest {
                 vector: q.clone(),
@@ -88,15 +84,31 @@ fn scan_recall(
     json!({ "near_queries": recall(near), "weak_queries": recall(&weak) })
 }
 
-fn vectors(n: usize, with_graph: bool) -> serde_json::Value {
-    let dim = 512;
-    let dir = tempfile::tempdir().expect("temp dir");
-    let identity = ModelIdentity {
-        name: "bench/random".into(),
+/// `(score, id)` of every embedding in `all` for `q`, best first: the exact
+/// f32 ranking recall is measured against.
+fn exact_ranking(all: &[(u64, Vec<f32>)], q: &[f32]) -> Vec<(f32, u64)> {
+    let mut ranking: Vec<(f32, u64)> = all
+        .iter()
+        .map(|(id, e)| (e.iter().zip(q).map(|(a, b)| a * b).sum(), *id))
+        .collect();
+    ranking.sort_by(|a, b| b.0.total_cmp(&a.0));
+    ranking
+}
+
+/// The model identity of a synthetic library (no model made its vectors).
+fn bench_identity(name: &str, dim: usize) -> ModelIdentity {
+    ModelIdentity {
+        name: name.into(),
         fingerprint: "bench".into(),
         dim,
         preprocess: "bench".into(),
-    };
+    }
+}
+
+fn vectors(n: usize, with_graph: bool) -> serde_json::Value {
+    let dim = 512;
+    let dir = tempfile::tempdir().expect("temp dir");
+    let identity = bench_identity("bench/random", dim);
     let mut rng = Rng(42);
     let centres = support::centres(&mut rng, 256, dim);
     let started = Instant::now();
@@ -259,12 +271,7 @@ fn gaussian(rng: &mut Rng) -> f32 {
 fn spectral(n: usize) -> serde_json::Value {
     let dim = 512;
     let dir = tempfile::tempdir().expect("temp dir");
-    let identity = ModelIdentity {
-        name: "bench/spectral".into(),
-        fingerprint: "bench".into(),
-        dim,
-        preprocess: "bench".into(),
-    };
+    let identity = bench_identity("bench/spectral", dim);
     let mut rng = Rng(7);
     let shape = Spectral::new(&mut rng, dim);
     let mut targets = Vec::new();
@@ -291,11 +298,7 @@ fn spectral(n: usize) -> serde_json::Value {
     let queries: Vec<Vec<f32>> = targets.iter().map(|t| shape.query(&mut rng, t)).collect();
     let (mut found, mut best, mut thousandth, mut times) = (0usize, 0f64, 0f64, Vec::new());
     for q in &queries {
-        let mut truth: Vec<(f32, u64)> = all
-            .iter()
-            .map(|(id, e)| (e.iter().zip(q).map(|(a, b)| a * b).sum(), *id))
-            .collect();
-        truth.sort_by(|a, b| b.0.total_cmp(&a.0));
+        let truth = exact_ranking(&all, q);
         best += f64::from(truth[0].0);
         thousandth += f64::from(truth[999.min(truth.len() - 1)].0);
         let request = SearchRequest {
