@@ -65,11 +65,11 @@ const FAST_BITS: u32 = 9;
 
 struct Huffman {
     /// Indexed by the next `FAST_BITS` bits: `(length << 8) | symbol`, or 0.
-    fast: Vec<u16>,
+    fast: Box<[u16; 1 << FAST_BITS]>,
     /// For AC tables, indexed the same way: a whole run/size code *and* its
     /// value bits when both fit in `FAST_BITS` and the value in an `i8`:
     /// `(value << 8) | (run << 4) | (code length + size)`, or 0.
-    fast_ac: Vec<i16>,
+    fast_ac: Box<[i16; 1 << FAST_BITS]>,
     /// Largest code of each length (-1: none); index 17 is a sentinel.
     maxcode: [i32; 18],
     /// Added to a code of each length to index `values`.
@@ -116,7 +116,7 @@ impl Huffman {
             }
         }
         maxcode[17] = i32::MAX;
-        let mut fast = vec![0u16; 1 << FAST_BITS];
+        let mut fast = Box::new([0u16; 1 << FAST_BITS]);
         for (i, (&len, &code)) in sizes.iter().zip(&codes).enumerate() {
             if len <= FAST_BITS {
                 let shift = FAST_BITS - len;
@@ -126,8 +126,8 @@ impl Huffman {
                 }
             }
         }
-        let mut fast_ac = vec![0i16; 1 << FAST_BITS];
-        for (i, (out, &e)) in fast_ac.iter_mut().zip(&fast).enumerate() {
+        let mut fast_ac = Box::new([0i16; 1 << FAST_BITS]);
+        for (i, (out, &e)) in fast_ac.iter_mut().zip(fast.iter()).enumerate() {
             let (len, rs) = (u32::from(e >> 8), e & 0xFF);
             let (run, size) = (rs >> 4, u32::from(rs & 15));
             if e == 0 || size == 0 || len + size > FAST_BITS {
@@ -254,23 +254,6 @@ impl<'a> Bits<'a> {
         self.bits(1) != 0
     }
 
-    /// The `fast_ac` entry of `h` for the next bits (0: take the slow
-    /// path); [`Bits::consume`] its length when it is used.
-    #[inline(always)]
-    fn peek_fast_ac(&mut self, h: &Huffman) -> i16 {
-        if self.n < 16 {
-            self.fill();
-        }
-        h.fast_ac[(self.acc >> (64 - FAST_BITS)) as usize]
-    }
-
-    /// Drops `k <= 16` bits already in the buffer (after a peek).
-    #[inline(always)]
-    fn consume(&mut self, k: u32) {
-        self.acc <<= k;
-        self.n -= k;
-    }
-
     #[inline(always)]
     fn decode(&mut self, h: &Huffman) -> Result<u8> {
         if self.n < 16 {
@@ -331,6 +314,70 @@ impl<'a> Bits<'a> {
             _ => Err("missing restart marker"),
         }
     }
+}
+
+/// A sequential (baseline) JPEG's block: its coefficients entropy-decoded
+/// and inverse-transformed into the component's plane. A function of its
+/// own so that its hot loop and the progressive paths are compiled apart.
+#[inline(never)]
+fn baseline_block(
+    bits: &mut Bits<'_>,
+    c: &mut Component,
+    dc: &Huffman,
+    ac: &Huffman,
+    row: usize,
+    col: usize,
+) -> Result<()> {
+    let mut coef = [0i16; 64];
+    let s = u32::from(bits.decode(dc)?);
+    let diff = extend(bits.bits(s), s);
+    c.dc_pred = c.dc_pred.wrapping_add(diff);
+    coef[0] = c.dc_pred as i16;
+    let mut k = 1;
+    // The buffer's state in locals (registers) for the fast path:
+    // through `bits` it was stored and reloaded for every
+    // coefficient, on the loop's critical path. Written back
+    // before anything else uses `bits`.
+    let (mut acc, mut n) = (bits.acc, bits.n);
+    while k < 64 {
+        if n < 16 {
+            (bits.acc, bits.n) = (acc, n);
+            bits.fill();
+            (acc, n) = (bits.acc, bits.n);
+        }
+        let fast = ac.fast_ac[(acc >> (64 - FAST_BITS)) as usize];
+        if fast != 0 {
+            k += ((fast >> 4) & 15) as usize;
+            let len = (fast & 15) as u32;
+            acc <<= len;
+            n -= len;
+            coef[NATURAL_ORDER[k]] = fast >> 8;
+            k += 1;
+            continue;
+        }
+        (bits.acc, bits.n) = (acc, n);
+        let rs = bits.decode(ac)?;
+        let (r, s) = (usize::from(rs >> 4), u32::from(rs & 15));
+        if s != 0 {
+            k += r;
+            let v = extend(bits.bits(s), s);
+            coef[NATURAL_ORDER[k]] = v as i16;
+        } else if r == 15 {
+            k += 15;
+        } else {
+            (acc, n) = (bits.acc, bits.n);
+            break;
+        }
+        k += 1;
+        (acc, n) = (bits.acc, bits.n);
+    }
+    (bits.acc, bits.n) = (acc, n);
+    let q = c.qt.as_ref().ok_or("missing quantisation table")?;
+    let n = c.size;
+    let stride = c.bw_alloc * n;
+    let at = row * n * stride + col * n;
+    idct_sized(&coef, q, &mut c.plane[at..], stride, n);
+    Ok(())
 }
 
 /// libjpeg's `HUFF_EXTEND`.
@@ -1077,40 +1124,7 @@ impl Decoder {
         if !progressive {
             let dc = self.dc[dc_table].as_ref().ok_or("missing DC table")?;
             let ac = self.ac[ac_table].as_ref().ok_or("missing AC table")?;
-            let mut coef = [0i16; 64];
-            let s = u32::from(bits.decode(dc)?);
-            let diff = extend(bits.bits(s), s);
-            c.dc_pred = c.dc_pred.wrapping_add(diff);
-            coef[0] = c.dc_pred as i16;
-            let mut k = 1;
-            while k < 64 {
-                let fast = bits.peek_fast_ac(ac);
-                if fast != 0 {
-                    k += ((fast >> 4) & 15) as usize;
-                    bits.consume((fast & 15) as u32);
-                    coef[NATURAL_ORDER[k]] = fast >> 8;
-                    k += 1;
-                    continue;
-                }
-                let rs = bits.decode(ac)?;
-                let (r, s) = (usize::from(rs >> 4), u32::from(rs & 15));
-                if s != 0 {
-                    k += r;
-                    let v = extend(bits.bits(s), s);
-                    coef[NATURAL_ORDER[k]] = v as i16;
-                } else if r == 15 {
-                    k += 15;
-                } else {
-                    break;
-                }
-                k += 1;
-            }
-            let q = c.qt.as_ref().ok_or("missing quantisation table")?;
-            let n = c.size;
-            let stride = c.bw_alloc * n;
-            let at = row * n * stride + col * n;
-            idct_sized(&coef, q, &mut c.plane[at..], stride, n);
-            return Ok(());
+            return baseline_block(bits, c, dc, ac, row, col);
         }
 
         let per_block = c.coefs_per_block();
