@@ -139,6 +139,10 @@ impl Huffman {
                 *out = ((value << 8) | i32::from(run << 4) | (len + size) as i32) as i16;
             }
         }
+        #[cfg(test)]
+        if tests::NO_AC_SHORTCUT.with(std::cell::Cell::get) {
+            fast_ac.fill(0);
+        }
         Ok(Self {
             fast,
             fast_ac,
@@ -1510,6 +1514,37 @@ fn h2v2_fancy(near: &[u8], far: &[u8], out: &mut [u8]) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    thread_local! {
+        /// Set: Huffman tables are built without `fast_ac`, so a baseline
+        /// block reads every AC coefficient through `Bits::decode` and
+        /// `Bits::bits`, handing the bit buffer over each time.
+        pub(super) static NO_AC_SHORTCUT: std::cell::Cell<bool> =
+            const { std::cell::Cell::new(false) };
+    }
+
+    /// `fast_ac` is a shortcut: without it (the bit buffer handed between a
+    /// block's locals and `bits` for every coefficient, not for some) every
+    /// fixture decodes to the same pixels, at full size and reduced.
+    #[test]
+    fn the_ac_shortcut_changes_nothing() {
+        for path in fixture_jpegs() {
+            let data = std::fs::read(&path).unwrap();
+            for r in [1, 2, 4, 8] {
+                let with = decode_reduced(&data, r).unwrap();
+                NO_AC_SHORTCUT.with(|off| off.set(true));
+                let without = decode_reduced(&data, r);
+                NO_AC_SHORTCUT.with(|off| off.set(false));
+                let without = without.unwrap();
+                assert_eq!(
+                    with.as_bytes(),
+                    without.as_bytes(),
+                    "{} at 1/{r}",
+                    path.display()
+                );
+            }
+        }
+    }
 
     #[test]
     fn idct_of_dc_only_block_is_flat() {
