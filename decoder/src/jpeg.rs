@@ -1069,6 +1069,13 @@ impl Decoder {
         } else {
             (self.mcus_x, self.mcus_y)
         };
+        if self.progressive && ss == 0 {
+            self.dc_scan(&mut bits, &members, (mx, my), ah, al)?;
+            if bits.overran() {
+                return Err("data ends inside a scan");
+            }
+            return Ok(bits.pos);
+        }
         let mut todo = self.restart_interval;
         // An AC first scan of a progressive JPEG skips the blocks of an end-
         // of-band run without reading anything.
@@ -1109,6 +1116,68 @@ impl Decoder {
             return Err("data ends inside a scan");
         }
         Ok(bits.pos)
+    }
+
+    /// A progressive DC scan (jdphuff.c `decode_mcu_DC_first` and
+    /// `decode_mcu_DC_refine`) over `members`' blocks, `(mx, my)` MCUs (or
+    /// blocks, for one component): [`Decoder::block`]'s DC branch without
+    /// its per-block dispatch, which costs as much as the one or few bits a
+    /// DC coefficient takes.
+    fn dc_scan(
+        &mut self,
+        bits: &mut Bits<'_>,
+        members: &[usize],
+        (mx, my): (usize, usize),
+        ah: u32,
+        al: u32,
+    ) -> Result<()> {
+        let single = members.len() == 1;
+        let restart_interval = self.restart_interval;
+        let mut todo = restart_interval;
+        let (dc_tables, comps) = (&self.dc, &mut self.comps);
+        for mcu_y in 0..my {
+            for mcu_x in 0..mx {
+                if restart_interval > 0 {
+                    if todo == 0 {
+                        bits.restart()?;
+                        for &ci in members {
+                            comps[ci].dc_pred = 0;
+                        }
+                        todo = restart_interval;
+                    }
+                    todo -= 1;
+                }
+                for &ci in members {
+                    let c = &mut comps[ci];
+                    let (h, v) = if single { (1, 1) } else { (c.h, c.v) };
+                    for by in 0..v {
+                        let row = mcu_y * v + by;
+                        for bx in 0..h {
+                            let col = mcu_x * h + bx;
+                            if row >= c.bh_alloc || col >= c.bw_alloc {
+                                return Err("block outside the frame");
+                            }
+                            let per_block = c.coefs_per_block();
+                            let coef = c
+                                .coefs
+                                .get_mut((row * c.bw_alloc + col) * per_block)
+                                .ok_or("internal")?;
+                            if ah == 0 {
+                                let dc =
+                                    dc_tables[c.dc_table].as_ref().ok_or("missing DC table")?;
+                                let s = u32::from(bits.decode(dc)?);
+                                let diff = extend(bits.bits(s), s);
+                                c.dc_pred = c.dc_pred.wrapping_add(diff);
+                                *coef = c.dc_pred.wrapping_shl(al) as i16;
+                            } else if bits.bit() {
+                                *coef |= (1i32 << al) as i16;
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        Ok(())
     }
 
     fn block(
@@ -1258,14 +1327,24 @@ impl Decoder {
                 let Some(q) = c.qt else { continue };
                 let n = c.size;
                 let stride = c.bw_alloc * n;
+                let per_block = c.coefs_per_block();
                 let mut natural = [0i16; 64];
-                for (b, zigzag) in c.coefs.chunks_exact(c.coefs_per_block()).enumerate() {
-                    for (&v, &z) in zigzag.iter().zip(&NATURAL_ORDER) {
-                        natural[z] = v;
+                let block_rows = c.coefs.chunks_exact(per_block * c.bw_alloc);
+                for (blocks, samples) in block_rows.zip(c.plane.chunks_exact_mut(n * stride)) {
+                    if n == 1 {
+                        // 1x1 IDCTs: the DC coefficient alone, one sample
+                        // per block (as `idct_sized` computes it).
+                        for (&dc, sample) in blocks.iter().zip(samples.iter_mut()) {
+                            *sample = limit64(descale64(i64::from(dc) * i64::from(q[0]), 3));
+                        }
+                        continue;
                     }
-                    let (row, col) = (b / c.bw_alloc, b % c.bw_alloc);
-                    let at = row * n * stride + col * n;
-                    idct_sized(&natural, &q, &mut c.plane[at..], stride, n);
+                    for (col, zigzag) in blocks.chunks_exact(per_block).enumerate() {
+                        for (&v, &z) in zigzag.iter().zip(&NATURAL_ORDER) {
+                            natural[z] = v;
+                        }
+                        idct_sized(&natural, &q, &mut samples[col * n..], stride, n);
+                    }
                 }
                 c.coefs = Vec::new();
             }
