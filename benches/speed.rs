@@ -398,7 +398,7 @@ fn indexing(clip: &Clip, photos: &Path, quick: bool) -> Value {
 
 /// The CPU seconds, on one thread, of what the indexer's readers do for
 /// every file under `photos` besides the model: read, metadata and hash,
-/// decode (large JPEGs and WebPs reduced), model-input pixels and thumbnail; files of
+/// decode (large images reduced), model-input pixels and thumbnail; files of
 /// formats the indexer skips are only read and hashed, as there. Median of
 /// three passes (one with `--quick`); `None` where the thread's CPU time
 /// cannot be read.

@@ -136,8 +136,9 @@ enum Command {
         #[arg(long, env = "GLIMPSE_PRECISION", default_value = "auto")]
         precision: Precision,
         /// Decode every image at full size, bit for bit as the reference (Pillow) does. By default
-        /// large JPEGs and WebPs are reduced by 1/2-1/8 while decoding (several times faster; the
-        /// model's input then differs from the reference's by about one 8-bit level on average).
+        /// large images are reduced by 1/2-1/8 (JPEGs and WebPs while decoding, other formats just
+        /// after): several times faster; the model's input then differs from the reference's by
+        /// about one 8-bit level on average.
         #[arg(long)]
         exact_decode: bool,
         /// Print a one-line JSON summary on stdout.

@@ -15,6 +15,7 @@ use image::{
 
 use crate::error::DecodeError;
 use crate::jpeg;
+use crate::reduce::area_reduce;
 use crate::rgb::{has_alpha, into_rgb8};
 use crate::sniff::{format_name, hex_prefix, sniff, Sniffed};
 use crate::webp;
@@ -127,9 +128,13 @@ pub fn decode_bytes(bytes: &[u8], cfg: &PreprocessConfig) -> Result<DecodedImage
 /// libwebp's area-averaging rescaler, which skips the colour conversion of
 /// the full-size rows — unless it has alpha and `cfg.alpha` is
 /// [`AlphaMode::Drop`] (the rescaler premultiplies, losing the colour under
-/// transparent pixels that `Drop` shows). Other formats,
-/// animated WebPs and JPEGs this crate's exact decoder declines are decoded
-/// at full size; [`DecodedImage::reduction`] says what was done.
+/// transparent pixels that `Drop` shows). Other formats, animated WebPs,
+/// those WebPs with alpha and JPEGs this crate's exact decoder declines are decoded
+/// at full size and then reduced by the same factor, averaging each 2x2 to
+/// 8x8 block (after alpha is handled, same output size): that saves no
+/// decoding, but the model's resize and the thumbnail's then start from a
+/// quarter to a sixty-fourth of the pixels. [`DecodedImage::reduction`]
+/// says by how much the pixels were reduced.
 pub fn decode_bytes_reduced(
     bytes: &[u8],
     cfg: &PreprocessConfig,
@@ -241,7 +246,8 @@ fn decode_as(
     // A malformed EXIF block is no reason to lose the photo.
     let orientation = decoder.orientation().unwrap_or(Orientation::NoTransforms);
 
-    let reduction = min_side.map_or(1, |min_side| reduction_for((width, height), min_side));
+    let wanted = min_side.map_or(1, |min_side| reduction_for((width, height), min_side));
+    let reduction = wanted;
     let exact = if format == ImageFormat::Jpeg {
         reduced_or_full(reduction, |r| {
             libjpeg_turbo_exact(bytes, (width, height), r).map(|image| (image, r))
@@ -262,6 +268,13 @@ fn decode_as(
     };
     let had_alpha = has_alpha(&image);
     let rgb = into_rgb8(image, cfg.alpha);
+    // Decoded at full size where a reduction was asked for: averaged down
+    // now, before orientation, pixels and thumbnail all work on it.
+    let (rgb, reduction) = if reduction == 1 && wanted > 1 {
+        (area_reduce(rgb, wanted), wanted)
+    } else {
+        (rgb, reduction)
+    };
     let rgb = if orientation == Orientation::NoTransforms {
         rgb
     } else {
@@ -707,7 +720,56 @@ mod tests {
         let d = decode_bytes_reduced(&small, &cfg, 448).unwrap();
         assert_eq!((d.reduction, d.rgb.dimensions()), (1, (640, 427)));
         assert_eq!(d, decode_bytes(&small, &cfg).unwrap());
-        let png = png_bytes(&DynamicImage::ImageRgb8(RgbImage::new(2000, 2000)));
-        assert_eq!(decode_bytes_reduced(&png, &cfg, 224).unwrap().reduction, 1);
+    }
+
+    /// A large image of a format no codec reduces (PNG) is decoded at full
+    /// size and averaged down by the same rule, to the same size a reduced
+    /// JPEG has, its model pixels staying near the full size's; with alpha
+    /// the averaging comes after the alpha handling.
+    #[test]
+    fn other_formats_are_averaged_down_after_decoding() {
+        let cfg = cfg();
+        let photo = decode_bytes(&fixture_photo("tests/data/large/exiv2-bug876.jpg"), &cfg)
+            .unwrap()
+            .rgb;
+        assert_eq!(photo.dimensions(), (1500, 1000));
+        let png = png_bytes(&DynamicImage::ImageRgb8(photo.clone()));
+        let full = decode_bytes(&png, &cfg).unwrap();
+        assert_eq!((full.reduction, &full.rgb), (1, &photo));
+        let reduced = decode_bytes_reduced(&png, &cfg, 448).unwrap();
+        assert_eq!(reduced.reduction, 2);
+        assert_eq!(reduced.rgb, area_reduce(photo.clone(), 2));
+        assert_eq!((reduced.source_width, reduced.source_height), (1500, 1000));
+        let (a, b) = (to_pixels(&full.rgb, &cfg), to_pixels(&reduced.rgb, &cfg));
+        let diffs: Vec<f32> = a.iter().zip(&b).map(|(x, y)| (x - y).abs()).collect();
+        let max = diffs.iter().copied().fold(0f32, f32::max);
+        let mean = diffs.iter().sum::<f32>() / diffs.len() as f32;
+        assert!(
+            max > 0.0 && max < 0.5 && mean < 0.01,
+            "max {max}, mean {mean}"
+        );
+        // Half-transparent black over white: grey, then averaged.
+        let white = PreprocessConfig {
+            alpha: AlphaMode::White,
+            ..cfg.clone()
+        };
+        let rgba = RgbaImage::from_pixel(1000, 600, image::Rgba([0, 0, 0, 128]));
+        let d =
+            decode_bytes_reduced(&png_bytes(&DynamicImage::ImageRgba8(rgba)), &white, 224).unwrap();
+        assert_eq!(
+            (d.reduction, d.rgb.dimensions(), d.had_alpha),
+            (2, (500, 300), true)
+        );
+        assert!(
+            d.rgb.pixels().all(|p| p.0 == [127, 127, 127]),
+            "{:?}",
+            d.rgb.get_pixel(0, 0)
+        );
+        // Small images stay as they are.
+        let small = png_bytes(&DynamicImage::ImageRgb8(RgbImage::new(400, 300)));
+        assert_eq!(
+            decode_bytes_reduced(&small, &cfg, 224).unwrap().reduction,
+            1
+        );
     }
 }

@@ -33,6 +33,7 @@ mod decode;
 mod error;
 mod jpeg;
 mod pixels;
+mod reduce;
 mod resize;
 mod rgb;
 mod sniff;

@@ -51,12 +51,14 @@ pub struct IndexOptions {
     pub workers: usize,
     /// Longest side of thumbnails, in pixels.
     pub thumbnail_side: u32,
-    /// Reduce large JPEGs and still WebPs by 1/2, 1/4 or 1/8 while
-    /// decoding them (JPEGs in the DCT, WebPs in libwebp's rescaler; see
-    /// `glimpse_decoder::decode_bytes_reduced`), keeping the shortest side
+    /// Reduce large images by 1/2, 1/4 or 1/8 — JPEGs and still WebPs
+    /// while decoding them (JPEGs in the DCT, WebPs in libwebp's rescaler),
+    /// other formats by averaging blocks just after (see
+    /// `glimpse_decoder::decode_bytes_reduced`) — keeping the shortest side
     /// at least the model's input size and at least the thumbnail side.
     /// Several times cheaper for camera photos (at 1/8 a progressive JPEG's
-    /// AC scans are not even read); the model's input pixels then differ
+    /// AC scans are not even read), and the model's resize and the
+    /// thumbnail's start from fewer pixels; the model's input pixels then differ
     /// from the reference's full-size decode by about one 8-bit level on
     /// average. `false` decodes every image at full size, bit for bit as
     /// the reference does.
@@ -77,7 +79,7 @@ impl IndexOptions {
     }
 
     /// Decodes a file's `bytes` as `glimpse index` does for a model
-    /// preprocessing with `preprocess`: large JPEGs and WebPs reduced while decoding
+    /// preprocessing with `preprocess`: large images reduced
     /// when [`IndexOptions::reduce_large_images`] is set (see
     /// [`IndexOptions::reduced_min_side`]), everything else at full size.
     pub fn decode(
