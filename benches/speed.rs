@@ -12,8 +12,8 @@
 //! - `indexing`: `glimpse index`'s pipeline (walk, read, decode, resize,
 //!   embed, thumbnails, commits) on the shared photos, files/s and
 //!   embedded images/s, next to the model alone at the indexer's batch size
-//!   (median of runs just before and just after); the same with `--exact-decode` (every JPEG at
-//!   full size); and, for the JPEGs the default run reduces while decoding,
+//!   (median of runs just before and just after); the same with `--exact-decode` (every image at
+//!   full size); and, for the images the default run reduces,
 //!   how far their preprocessed pixels and embeddings are from the
 //!   full-size decode's (`reduced_decoding`); and the CPU budget: what the
 //!   readers do besides the model (read, hash, decode, pixels, thumbnail)
@@ -434,8 +434,8 @@ fn reading_cpu_seconds(clip: &Clip, photos: &Path, quick: bool) -> Option<f64> {
     Some(median(&mut passes))
 }
 
-/// For every image under `photos` that `glimpse index` reduces while decoding
-/// (see `IndexOptions::reduce_large_images`): the model-input pixels and the
+/// For every image under `photos` that `glimpse index` reduces, while or
+/// just after decoding (see `IndexOptions::reduce_large_images`): the model-input pixels and the
 /// embedding (`clip`, at its image precision) of the reduced decode next to
 /// the full-size decode's — largest and mean absolute pixel difference
 /// (normalised units; one 8-bit level ≈ 0.015) and the smallest cosine.

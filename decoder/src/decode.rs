@@ -44,8 +44,8 @@ pub struct DecodedImage {
     pub orientation: Orientation,
     /// Whether the source had an alpha channel (composited or dropped).
     pub had_alpha: bool,
-    /// By how much the pixels were reduced while decoding (1, 2, 4 or 8;
-    /// see [`decode_bytes_reduced`]); 1 means full size.
+    /// By how much the pixels were reduced, while or just after decoding
+    /// (1, 2, 4 or 8; see [`decode_bytes_reduced`]); 1 means full size.
     pub reduction: u32,
 }
 
@@ -107,9 +107,10 @@ pub fn decode_bytes(bytes: &[u8], cfg: &PreprocessConfig) -> Result<DecodedImage
     decode(bytes, None, cfg, None)
 }
 
-/// [`decode_bytes`], except that a JPEG (or still WebP, below) large enough
-/// is reduced while it is decoded — by 1/2, 1/4 or 1/8, the most that keeps the shortest side
-/// (rounded up, as libjpeg does) at least `min_side`. A JPEG is reduced in
+/// [`decode_bytes`], except that an image large enough is reduced — by 1/2,
+/// 1/4 or 1/8, the most that keeps the shortest side (rounded up, as libjpeg
+/// does) at least `min_side` — a JPEG or still WebP while it is decoded,
+/// any other image just after (below). A JPEG is reduced in
 /// the DCT domain, as libjpeg-turbo does for Pillow's `draft()`, with the
 /// same output bit for bit. Entropy decoding still reads every coefficient
 /// (except, at 1/8, the AC scans of a progressive file's 1x1-reduced
@@ -129,7 +130,7 @@ pub fn decode_bytes(bytes: &[u8], cfg: &PreprocessConfig) -> Result<DecodedImage
 /// the full-size rows — unless it has alpha and `cfg.alpha` is
 /// [`AlphaMode::Drop`] (the rescaler premultiplies, losing the colour under
 /// transparent pixels that `Drop` shows). Other formats, animated WebPs,
-/// those WebPs with alpha and JPEGs this crate's exact decoder declines are decoded
+/// WebPs with alpha under `Drop` and JPEGs this crate's exact decoder declines are decoded
 /// at full size and then reduced by the same factor, averaging each 2x2 to
 /// 8x8 block (after alpha is handled, same output size): that saves no
 /// decoding, but the model's resize and the thumbnail's then start from a
@@ -247,16 +248,15 @@ fn decode_as(
     let orientation = decoder.orientation().unwrap_or(Orientation::NoTransforms);
 
     let wanted = min_side.map_or(1, |min_side| reduction_for((width, height), min_side));
-    let reduction = wanted;
     let exact = if format == ImageFormat::Jpeg {
-        reduced_or_full(reduction, |r| {
+        reduced_or_full(wanted, |r| {
             libjpeg_turbo_exact(bytes, (width, height), r).map(|image| (image, r))
         })
     } else if format == ImageFormat::WebP {
         // Alpha composited onto white hides the colour that libwebp's
         // rescaler loses under transparent pixels; `Drop` shows it.
         let reduce_with_alpha = cfg.alpha != AlphaMode::Drop;
-        reduced_or_full(reduction, |r| {
+        reduced_or_full(wanted, |r| {
             webp::decode(bytes, (width, height), r, reduce_with_alpha)
         })
     } else {
@@ -691,7 +691,7 @@ mod tests {
 
     /// Real photos decoded reduced, then preprocessed, stay close to the
     /// full-size decode's pixels (normalised units: one 8-bit level is
-    /// about 0.015); small photos and other formats are not reduced.
+    /// about 0.015); small photos are not reduced.
     #[test]
     fn reduced_decoding_stays_near_the_full_size_pixels() {
         let cfg = cfg();

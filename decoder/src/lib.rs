@@ -17,7 +17,9 @@
 //! decodes.
 //! [`decode_bytes_reduced`] decodes large JPEGs at 1/2, 1/4 or 1/8 in the
 //! inverse DCT (libjpeg-turbo's reduced transforms, as Pillow's `draft()`),
-//! and large still WebPs in libwebp's rescaler, several times cheaper when the model only needs 224 pixels. [`to_pixels`] then
+//! and large still WebPs in libwebp's rescaler, several times cheaper when
+//! the model only needs 224 pixels; other large images are averaged down by
+//! the same factor just after decoding, so that resizing costs less. [`to_pixels`] then
 //! resizes the shortest side with a port of Pillow's bicubic resampler
 //! ([`resize_shortest_side`]), centre-crops ([`center_crop`]) and
 //! normalises into a channel-first `Vec<f32>`, computing only the cropped

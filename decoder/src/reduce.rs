@@ -1,6 +1,7 @@
 //! Area-averaging reduction by a whole factor, for images that no codec
 //! reduced while decoding (PNG, TIFF, BMP, GIF, JPEGs the exact decoder
-//! declines, WebPs with alpha kept under `AlphaMode::Drop`).
+//! declines, animated WebPs and those libwebp declines, WebPs with alpha
+//! kept under `AlphaMode::Drop`).
 //!
 //! What it is for: a large image's model pixels and thumbnail are both
 //! resized from the decoded image, and those resizes cost in proportion to
@@ -25,8 +26,9 @@ pub(crate) fn area_reduce(image: RgbImage, r: u32) -> RgbImage {
     let (out_w, out_h) = (w.div_ceil(r), h.div_ceil(r));
     let src: &[u8] = image.as_raw();
     let mut out = vec![0u8; out_w * out_h * 3];
-    // Column sums of one band of up to `r` rows (u32: no overflow for any
-    // `r` up to 2^16).
+    // Column sums of one band of up to `r` rows: a block sums at most
+    // r * r * 255, far inside u32 for the factors used (2, 4, 8).
+    debug_assert!(r <= 8, "area_reduce by {r}");
     let mut sums = vec![0u32; w * 3];
     for (band, out_row) in src.chunks(r * w * 3).zip(out.chunks_exact_mut(out_w * 3)) {
         sums.fill(0);

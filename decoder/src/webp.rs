@@ -238,6 +238,9 @@ mod tests {
         let (image, used) = decode(&data, (203, 151), 4, false).unwrap();
         assert_eq!((used, image.width()), (1, 203));
         assert_eq!(image.as_bytes(), pillow("lossless_alpha").as_bytes());
+        // Composited onto white, libwebp's rescaler does the reducing.
+        let (reduced, used) = decode(&data, (203, 151), 4, true).unwrap();
+        assert_eq!((used, reduced.width()), (4, 51));
 
         let mut drop = PreprocessConfig::openai(224);
         drop.alpha = glimpse_config::AlphaMode::Drop;

@@ -194,7 +194,8 @@ pub struct IndexArgs {
     pub commit_every: usize,
     /// `--precision` of image embedding.
     pub precision: Precision,
-    /// `--exact-decode`: no reduced JPEG or WebP decoding.
+    /// `--exact-decode`: every image at full size (no reduced decoding, no
+    /// averaging down).
     pub exact_decode: bool,
 }
 
