@@ -15,8 +15,8 @@ use image::{
 
 use crate::error::DecodeError;
 use crate::jpeg;
-use crate::reduce::area_reduce;
-use crate::rgb::{has_alpha, into_rgb8};
+use crate::png_rows;
+use crate::rgb::{has_alpha, into_rgb8, into_rgb8_reduced};
 use crate::sniff::{format_name, hex_prefix, sniff, Sniffed};
 use crate::webp;
 
@@ -132,7 +132,7 @@ pub fn decode_bytes(bytes: &[u8], cfg: &PreprocessConfig) -> Result<DecodedImage
 /// transparent pixels that `Drop` shows). Other formats, animated WebPs,
 /// WebPs with alpha under `Drop` and JPEGs this crate's exact decoder declines are decoded
 /// at full size and then reduced by the same factor, averaging each 2x2 to
-/// 8x8 block (after alpha is handled, same output size): that saves no
+/// 8x8 block (after alpha is handled, same output size; a non-interlaced PNG row by row as it is inflated, never held at full size): that saves no
 /// decoding, but the model's resize and the thumbnail's then start from a
 /// quarter to a sixty-fourth of the pixels. [`DecodedImage::reduction`]
 /// says by how much the pixels were reduced.
@@ -212,11 +212,11 @@ fn decode_as(
     let mut reader = ImageReader::with_format(Cursor::new(bytes), format);
     // Before the header is read, allow what the largest permitted image
     // could need (the PNG codec takes its limits at construction).
-    reader.limits(limits(
-        cfg.max_pixels
-            .saturating_mul(MAX_BYTES_PER_PIXEL)
-            .saturating_add(ALLOC_SLACK),
-    ));
+    let max_alloc = cfg
+        .max_pixels
+        .saturating_mul(MAX_BYTES_PER_PIXEL)
+        .saturating_add(ALLOC_SLACK);
+    reader.limits(limits(max_alloc));
     let mut decoder = reader.into_decoder().map_err(fail)?;
 
     let (width, height) = decoder.dimensions();
@@ -262,18 +262,31 @@ fn decode_as(
     } else {
         None
     };
-    let (image, reduction) = match exact {
-        Some(decoded) => decoded,
-        None => (DynamicImage::from_decoder(decoder).map_err(fail)?, 1),
-    };
-    let had_alpha = has_alpha(&image);
-    let rgb = into_rgb8(image, cfg.alpha);
-    // Decoded at full size where a reduction was asked for: averaged down
-    // now, before orientation, pixels and thumbnail all work on it.
-    let (rgb, reduction) = if reduction == 1 && wanted > 1 {
-        (area_reduce(rgb, wanted), wanted)
-    } else {
-        (rgb, reduction)
+    // A large PNG: rows averaged down as they are decoded.
+    let streamed = (exact.is_none() && format == ImageFormat::Png && wanted > 1)
+        .then(|| png_rows::decode_reduced(bytes, (width, height), wanted, cfg.alpha, max_alloc))
+        .flatten();
+    let (rgb, had_alpha, reduction) = match (exact, streamed) {
+        (_, Some((rgb, had_alpha))) => (rgb, had_alpha, wanted),
+        (exact, None) => {
+            let (image, reduction) = match exact {
+                Some(decoded) => decoded,
+                None => (DynamicImage::from_decoder(decoder).map_err(fail)?, 1),
+            };
+            let had_alpha = has_alpha(&image);
+            // Decoded at full size where a reduction was asked for:
+            // averaged down now (with the alpha handling, in one pass),
+            // before orientation, pixels and thumbnail all work on it.
+            if reduction == 1 && wanted > 1 {
+                (
+                    into_rgb8_reduced(image, cfg.alpha, wanted),
+                    had_alpha,
+                    wanted,
+                )
+            } else {
+                (into_rgb8(image, cfg.alpha), had_alpha, reduction)
+            }
+        }
     };
     let rgb = if orientation == Orientation::NoTransforms {
         rgb
@@ -369,6 +382,7 @@ fn map_image_error(e: ImageError, format: ImageFormat) -> DecodeError {
 mod tests {
     use super::*;
     use crate::pixels::to_pixels;
+    use crate::reduce::area_reduce;
     use glimpse_config::AlphaMode;
     use image::codecs::jpeg::JpegEncoder;
     use image::{Rgb, Rgba, RgbaImage};
@@ -764,6 +778,14 @@ mod tests {
             d.rgb.pixels().all(|p| p.0 == [127, 127, 127]),
             "{:?}",
             d.rgb.get_pixel(0, 0)
+        );
+        // A damaged large PNG fails as it does at full size.
+        let cut = &png[..png.len() / 2];
+        assert_eq!(
+            decode_bytes_reduced(cut, &cfg, 448)
+                .unwrap_err()
+                .to_string(),
+            decode_bytes(cut, &cfg).unwrap_err().to_string()
         );
         // Small images stay as they are.
         let small = png_bytes(&DynamicImage::ImageRgb8(RgbImage::new(400, 300)));

@@ -35,6 +35,7 @@ mod decode;
 mod error;
 mod jpeg;
 mod pixels;
+mod png_rows;
 mod reduce;
 mod resize;
 mod rgb;

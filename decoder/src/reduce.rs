@@ -22,36 +22,91 @@ pub(crate) fn area_reduce(image: RgbImage, r: u32) -> RgbImage {
     if r <= 1 || width == 0 || height == 0 {
         return image;
     }
-    let (r, w, h) = (r as usize, width as usize, height as usize);
-    let (out_w, out_h) = (w.div_ceil(r), h.div_ceil(r));
-    let src: &[u8] = image.as_raw();
-    let mut out = vec![0u8; out_w * out_h * 3];
-    // Column sums of one band of up to `r` rows: a block sums at most
-    // r * r * 255, far inside u32 for the factors used (2, 4, 8).
-    debug_assert!(r <= 8, "area_reduce by {r}");
-    let mut sums = vec![0u32; w * 3];
-    for (band, out_row) in src.chunks(r * w * 3).zip(out.chunks_exact_mut(out_w * 3)) {
-        sums.fill(0);
-        let rows = band.len() / (w * 3);
-        for row in band.chunks_exact(w * 3) {
-            for (sum, &v) in sums.iter_mut().zip(row) {
-                *sum += u32::from(v);
+    let mut reducer = AreaReducer::new(width, height, r);
+    for row in image.as_raw().chunks_exact(width as usize * 3) {
+        reducer.add_row(row);
+    }
+    reducer.finish()
+}
+
+/// [`area_reduce`] fed one RGB row at a time, so that a codec that
+/// streams rows (PNG) never holds the full-size image: only the column
+/// sums of the current band of `r` rows and the reduced output.
+pub(crate) struct AreaReducer {
+    width: usize,
+    r: usize,
+    /// Column sums of the band so far: at most 8 * 255, so u16 (half the
+    /// memory traffic of u32, twice the lanes).
+    sums: Vec<u16>,
+    /// Rows added to the current band.
+    rows: usize,
+    out: Vec<u8>,
+    out_size: (u32, u32),
+}
+
+impl AreaReducer {
+    /// A reducer of a `width` x `height` image by `r`, 2 to 8 (1 passes
+    /// rows through).
+    pub(crate) fn new(width: u32, height: u32, r: u32) -> Self {
+        // The u16 sums hold a band of at most 8 rows (8 * 255 = 2040) and
+        // a block of at most 8 columns of them (16320).
+        assert!((1..=8).contains(&r), "area reduction by {r}");
+        let out_size = (width.div_ceil(r), height.div_ceil(r));
+        AreaReducer {
+            width: width as usize,
+            r: r as usize,
+            sums: vec![0; width as usize * 3],
+            rows: 0,
+            out: Vec::with_capacity(out_size.0 as usize * out_size.1 as usize * 3),
+            out_size,
+        }
+    }
+
+    /// Adds the next row (`width` RGB pixels); a shorter or longer row is
+    /// an internal error (debug builds assert).
+    pub(crate) fn add_row(&mut self, row: &[u8]) {
+        debug_assert_eq!(row.len(), self.width * 3);
+        if self.rows == 0 {
+            for (sum, &v) in self.sums.iter_mut().zip(row) {
+                *sum = u16::from(v);
+            }
+        } else {
+            for (sum, &v) in self.sums.iter_mut().zip(row) {
+                *sum += u16::from(v);
             }
         }
-        for (block, px) in sums.chunks(r * 3).zip(out_row.chunks_exact_mut(3)) {
+        self.rows += 1;
+        if self.rows == self.r {
+            self.emit_band();
+        }
+    }
+
+    /// One output row from the band's column sums.
+    fn emit_band(&mut self) {
+        let rows = self.rows;
+        for block in self.sums.chunks(self.r * 3) {
             let n = (block.len() / 3 * rows) as u32;
             let mut acc = [0u32; 3];
             for p in block.chunks_exact(3) {
-                acc[0] += p[0];
-                acc[1] += p[1];
-                acc[2] += p[2];
+                acc[0] += u32::from(p[0]);
+                acc[1] += u32::from(p[1]);
+                acc[2] += u32::from(p[2]);
             }
-            for (o, a) in px.iter_mut().zip(acc) {
-                *o = ((a + n / 2) / n) as u8;
-            }
+            self.out.extend(acc.map(|a| ((a + n / 2) / n) as u8));
         }
+        self.rows = 0;
     }
-    RgbImage::from_raw(out_w as u32, out_h as u32, out).unwrap_or(image)
+
+    /// The reduced image (a last band of fewer than `r` rows averaged over
+    /// the rows it has). Fewer rows than announced leave the rest black.
+    pub(crate) fn finish(mut self) -> RgbImage {
+        if self.rows > 0 {
+            self.emit_band();
+        }
+        let (w, h) = self.out_size;
+        self.out.resize(w as usize * h as usize * 3, 0);
+        RgbImage::from_raw(w, h, self.out).expect("sized to the reduced image above")
+    }
 }
 
 #[cfg(test)]

@@ -12,10 +12,14 @@ use image::{DynamicImage, RgbImage};
 /// (checked over all 65,536 `(a, c)` pairs in the tests), which is what
 /// HF transformers' `convert_to_rgb` does. Ties cannot occur (the numerator
 /// is an integer and the denominator odd), so rounding is unambiguous.
+///
+/// Computed in 16 bits so that loops over pixels vectorise: the numerator
+/// is `65152 - a*(255-c)` (at most 65152), and `(x + (x >> 8) + 1) >> 8`
+/// is `x / 255` for every `x` up to 65534.
 #[inline(always)]
 pub(crate) fn over_white(c: u8, a: u8) -> u8 {
-    let (c, a) = (u32::from(c), u32::from(a));
-    ((a * c + (255 - a) * 255 + 127) / 255) as u8
+    let x = 65152 - u16::from(a) * (255 - u16::from(c));
+    ((x + (x >> 8) + 1) >> 8) as u8
 }
 
 /// Converts a decoded image into RGB8, consuming it (RGB8 input is returned
@@ -125,6 +129,101 @@ fn from_luma_alpha<T: Copy>(
     build(w, h, out)
 }
 
+/// How the samples of one row that a codec streams are laid out: grey,
+/// grey + alpha, RGB or RGBA, 8-bit or 16-bit big-endian (as PNG stores
+/// them).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct RowLayout {
+    /// Channels per pixel, 1 to 4.
+    pub channels: usize,
+    /// 16-bit samples (big-endian: the high byte comes first).
+    pub wide: bool,
+}
+
+impl RowLayout {
+    /// Whether the last channel is alpha.
+    pub(crate) fn has_alpha(self) -> bool {
+        self.channels == 2 || self.channels == 4
+    }
+}
+
+/// One row of `layout` samples into RGB8 (`dst`: 3 bytes per pixel of
+/// `src`), converted as [`into_rgb8`] converts the whole image, pixel for
+/// pixel the same: grey replicated, 16-bit samples' high byte, alpha
+/// dropped or composited onto white per `alpha`.
+pub(crate) fn row_into_rgb8(src: &[u8], layout: RowLayout, alpha: AlphaMode, dst: &mut [u8]) {
+    match (layout.channels, layout.wide) {
+        (1, false) => row_of::<1, 1>(src, alpha, dst),
+        (2, false) => row_of::<2, 1>(src, alpha, dst),
+        (3, false) => dst.copy_from_slice(&src[..dst.len()]),
+        (4, false) => row_of::<4, 1>(src, alpha, dst),
+        (1, true) => row_of::<1, 2>(src, alpha, dst),
+        (2, true) => row_of::<2, 2>(src, alpha, dst),
+        (3, true) => row_of::<3, 2>(src, alpha, dst),
+        _ => row_of::<4, 2>(src, alpha, dst),
+    }
+}
+
+/// [`row_into_rgb8`] for `C` channels of `S` bytes (the first byte is the
+/// high one).
+fn row_of<const C: usize, const S: usize>(src: &[u8], alpha: AlphaMode, dst: &mut [u8]) {
+    let pixels = dst.chunks_exact_mut(3).zip(src.chunks_exact(C * S));
+    match (C, alpha) {
+        (1, _) | (2, AlphaMode::Drop) => {
+            for (o, p) in pixels {
+                o.copy_from_slice(&[p[0]; 3]);
+            }
+        }
+        (2, AlphaMode::White) => {
+            for (o, p) in pixels {
+                o.copy_from_slice(&[over_white(p[0], p[S]); 3]);
+            }
+        }
+        (_, AlphaMode::Drop) | (3, _) => {
+            for (o, p) in pixels {
+                o.copy_from_slice(&[p[0], p[S], p[2 * S]]);
+            }
+        }
+        (_, AlphaMode::White) => {
+            for (o, p) in pixels {
+                let a = p[3 * S];
+                o.copy_from_slice(&[
+                    over_white(p[0], a),
+                    over_white(p[S], a),
+                    over_white(p[2 * S], a),
+                ]);
+            }
+        }
+    }
+}
+
+/// `image` in RGB8 reduced by `r` — [`into_rgb8`] then
+/// [`area_reduce`](crate::reduce::area_reduce), the same pixels — in one
+/// pass for 8-bit images, without the full-size RGB copy.
+pub(crate) fn into_rgb8_reduced(image: DynamicImage, alpha: AlphaMode, r: u32) -> RgbImage {
+    let (w, h) = (image.width(), image.height());
+    let (raw, channels): (&[u8], usize) = match &image {
+        DynamicImage::ImageLuma8(i) => (i.as_raw(), 1),
+        DynamicImage::ImageLumaA8(i) => (i.as_raw(), 2),
+        DynamicImage::ImageRgba8(i) => (i.as_raw(), 4),
+        _ => return crate::reduce::area_reduce(into_rgb8(image, alpha), r),
+    };
+    if r <= 1 || w == 0 || h == 0 {
+        return into_rgb8(image, alpha);
+    }
+    let layout = RowLayout {
+        channels,
+        wide: false,
+    };
+    let mut reducer = crate::reduce::AreaReducer::new(w, h, r);
+    let mut row = vec![0u8; w as usize * 3];
+    for src in raw.chunks_exact(w as usize * channels) {
+        row_into_rgb8(src, layout, alpha, &mut row);
+        reducer.add_row(&row);
+    }
+    reducer.finish()
+}
+
 /// Whether a decoded image carries an alpha channel.
 pub(crate) fn has_alpha(image: &DynamicImage) -> bool {
     image.color().has_alpha()
@@ -192,6 +291,48 @@ mod tests {
         let img = ImageBuffer::from_pixel(1, 1, image::Luma([0xabcdu16]));
         let rgb = into_rgb8(DynamicImage::ImageLuma16(img), AlphaMode::White);
         assert_eq!(rgb.as_raw(), &[0xab, 0xab, 0xab]);
+    }
+
+    /// The one-pass conversion and reduction gives what converting and then
+    /// reducing gives, for every kind of image.
+    #[test]
+    fn converting_while_reducing_equals_converting_then_reducing() {
+        let mut state = 11u32;
+        let mut next = move || {
+            state = state.wrapping_mul(1_103_515_245).wrapping_add(12345);
+            (state >> 8) as u16
+        };
+        let (w, h) = (37u32, 29u32);
+        let mut bytes = |n: u32| (0..w * h * n).map(|_| next() as u8).collect::<Vec<u8>>();
+        let images = [
+            DynamicImage::ImageRgba8(ImageBuffer::from_raw(w, h, bytes(4)).unwrap()),
+            DynamicImage::ImageLumaA8(ImageBuffer::from_raw(w, h, bytes(2)).unwrap()),
+            DynamicImage::ImageLuma8(ImageBuffer::from_raw(w, h, bytes(1)).unwrap()),
+            DynamicImage::ImageRgb8(ImageBuffer::from_raw(w, h, bytes(3)).unwrap()),
+            DynamicImage::ImageRgba16(
+                ImageBuffer::from_raw(
+                    w,
+                    h,
+                    bytes(8)
+                        .chunks(2)
+                        .map(|p| u16::from_ne_bytes([p[0], p[1]]))
+                        .collect(),
+                )
+                .unwrap(),
+            ),
+        ];
+        for image in images {
+            for mode in [AlphaMode::Drop, AlphaMode::White] {
+                for r in [1, 2, 4, 8] {
+                    assert_eq!(
+                        into_rgb8_reduced(image.clone(), mode, r),
+                        crate::reduce::area_reduce(into_rgb8(image.clone(), mode), r),
+                        "{:?} {mode:?} / {r}",
+                        image.color()
+                    );
+                }
+            }
+        }
     }
 
     /// Every conversion equals its per-pixel definition on pseudo-random
