@@ -132,8 +132,9 @@ pub fn decode_bytes(bytes: &[u8], cfg: &PreprocessConfig) -> Result<DecodedImage
 /// transparent pixels that `Drop` shows). Other formats, animated WebPs,
 /// WebPs with alpha under `Drop` and JPEGs this crate's exact decoder declines are decoded
 /// at full size and then reduced by the same factor, averaging each 2x2 to
-/// 8x8 block (after alpha is handled, same output size; a non-interlaced PNG row by row as it is inflated, never held at full size): that saves no
-/// decoding, but the model's resize and the thumbnail's then start from a
+/// 8x8 block (after alpha is handled, same output size; a non-interlaced
+/// PNG row by row as it is inflated, never held at full size): that saves
+/// no decoding, but the model's resize and the thumbnail's then start from a
 /// quarter to a sixty-fourth of the pixels. [`DecodedImage::reduction`]
 /// says by how much the pixels were reduced.
 pub fn decode_bytes_reduced(
@@ -266,9 +267,9 @@ fn decode_as(
     let streamed = (exact.is_none() && format == ImageFormat::Png && wanted > 1)
         .then(|| png_rows::decode_reduced(bytes, (width, height), wanted, cfg.alpha, max_alloc))
         .flatten();
-    let (rgb, had_alpha, reduction) = match (exact, streamed) {
-        (_, Some((rgb, had_alpha))) => (rgb, had_alpha, wanted),
-        (exact, None) => {
+    let (rgb, had_alpha, reduction) = match streamed {
+        Some((rgb, had_alpha)) => (rgb, had_alpha, wanted),
+        None => {
             let (image, reduction) = match exact {
                 Some(decoded) => decoded,
                 None => (DynamicImage::from_decoder(decoder).map_err(fail)?, 1),

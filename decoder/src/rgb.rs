@@ -39,94 +39,34 @@ pub(crate) fn over_white(c: u8, a: u8) -> u8 {
 ///   [0, 1], scaled to 0..=255).
 pub(crate) fn into_rgb8(image: DynamicImage, alpha: AlphaMode) -> RgbImage {
     let (w, h) = (image.width(), image.height());
+    // The whole image as one long row of 8-bit samples.
+    let eight_bit = |samples: &[u8], channels| {
+        let mut out = vec![0u8; samples.len() / channels * 3];
+        let layout = RowLayout {
+            channels,
+            wide: false,
+        };
+        row_into_rgb8(samples, layout, alpha, &mut out);
+        build(w, h, out)
+    };
+    let high_bytes =
+        |samples: &[u16]| -> Vec<u8> { samples.iter().map(|&v| (v >> 8) as u8).collect() };
     match image {
         DynamicImage::ImageRgb8(rgb) => rgb,
-        DynamicImage::ImageRgba8(rgba) => from_rgba(w, h, rgba.as_raw(), alpha, |v| v),
-        DynamicImage::ImageLuma8(l) => from_luma(w, h, l.as_raw(), |v| v),
-        DynamicImage::ImageLumaA8(la) => from_luma_alpha(w, h, la.as_raw(), alpha, |v| v),
-        DynamicImage::ImageRgb16(rgb) => {
-            let data = rgb.as_raw().iter().map(|&v| high_byte(v)).collect();
-            build(w, h, data)
-        }
-        DynamicImage::ImageRgba16(rgba) => from_rgba(w, h, rgba.as_raw(), alpha, high_byte),
-        DynamicImage::ImageLuma16(l) => from_luma(w, h, l.as_raw(), high_byte),
-        DynamicImage::ImageLumaA16(la) => from_luma_alpha(w, h, la.as_raw(), alpha, high_byte),
+        DynamicImage::ImageRgba8(i) => eight_bit(i.as_raw(), 4),
+        DynamicImage::ImageLuma8(i) => eight_bit(i.as_raw(), 1),
+        DynamicImage::ImageLumaA8(i) => eight_bit(i.as_raw(), 2),
+        DynamicImage::ImageRgb16(i) => build(w, h, high_bytes(i.as_raw())),
+        DynamicImage::ImageRgba16(i) => eight_bit(&high_bytes(i.as_raw()), 4),
+        DynamicImage::ImageLuma16(i) => eight_bit(&high_bytes(i.as_raw()), 1),
+        DynamicImage::ImageLumaA16(i) => eight_bit(&high_bytes(i.as_raw()), 2),
         DynamicImage::ImageRgb32F(_) => image.to_rgb8(),
-        other => {
-            let rgba = other.to_rgba8();
-            from_rgba(w, h, rgba.as_raw(), alpha, |v| v)
-        }
+        other => eight_bit(other.to_rgba8().as_raw(), 4),
     }
-}
-
-#[inline(always)]
-fn high_byte(v: u16) -> u8 {
-    (v >> 8) as u8
 }
 
 fn build(w: u32, h: u32, data: Vec<u8>) -> RgbImage {
     RgbImage::from_raw(w, h, data).expect("buffer length is width * height * 3 by construction")
-}
-
-// The loops below write into a buffer of the final size, pixel by pixel
-// through fixed-size chunks (no capacity check per pixel, so they
-// vectorise): ~0.1 s of the shared photos' decoding went to pushing three
-// bytes at a time.
-
-fn from_rgba<T: Copy>(
-    w: u32,
-    h: u32,
-    src: &[T],
-    alpha: AlphaMode,
-    to8: impl Fn(T) -> u8,
-) -> RgbImage {
-    let mut out = vec![0u8; src.len() / 4 * 3];
-    let pixels = out.chunks_exact_mut(3).zip(src.chunks_exact(4));
-    match alpha {
-        AlphaMode::Drop => {
-            for (o, p) in pixels {
-                o.copy_from_slice(&[to8(p[0]), to8(p[1]), to8(p[2])]);
-            }
-        }
-        AlphaMode::White => {
-            for (o, p) in pixels {
-                let a = to8(p[3]);
-                o.copy_from_slice(&[
-                    over_white(to8(p[0]), a),
-                    over_white(to8(p[1]), a),
-                    over_white(to8(p[2]), a),
-                ]);
-            }
-        }
-    }
-    build(w, h, out)
-}
-
-fn from_luma<T: Copy>(w: u32, h: u32, src: &[T], to8: impl Fn(T) -> u8) -> RgbImage {
-    let mut out = vec![0u8; src.len() * 3];
-    for (o, &v) in out.chunks_exact_mut(3).zip(src) {
-        let v = to8(v);
-        o.copy_from_slice(&[v, v, v]);
-    }
-    build(w, h, out)
-}
-
-fn from_luma_alpha<T: Copy>(
-    w: u32,
-    h: u32,
-    src: &[T],
-    alpha: AlphaMode,
-    to8: impl Fn(T) -> u8,
-) -> RgbImage {
-    let mut out = vec![0u8; src.len() / 2 * 3];
-    for (o, p) in out.chunks_exact_mut(3).zip(src.chunks_exact(2)) {
-        let v = match alpha {
-            AlphaMode::Drop => to8(p[0]),
-            AlphaMode::White => over_white(to8(p[0]), to8(p[1])),
-        };
-        o.copy_from_slice(&[v, v, v]);
-    }
-    build(w, h, out)
 }
 
 /// How the samples of one row that a codec streams are laid out: grey,
@@ -165,7 +105,10 @@ pub(crate) fn row_into_rgb8(src: &[u8], layout: RowLayout, alpha: AlphaMode, dst
 }
 
 /// [`row_into_rgb8`] for `C` channels of `S` bytes (the first byte is the
-/// high one).
+/// high one). The loops write into a buffer of the final size through
+/// fixed-size chunks (no capacity check per pixel, so they vectorise):
+/// ~0.1 s of the shared photos' decoding once went to pushing three bytes
+/// at a time.
 fn row_of<const C: usize, const S: usize>(src: &[u8], alpha: AlphaMode, dst: &mut [u8]) {
     let pixels = dst.chunks_exact_mut(3).zip(src.chunks_exact(C * S));
     match (C, alpha) {
@@ -293,15 +236,20 @@ mod tests {
         assert_eq!(rgb.as_raw(), &[0xab, 0xab, 0xab]);
     }
 
+    /// A linear congruential generator's 16-bit outputs from `seed`.
+    fn pseudo_random(seed: u32) -> impl FnMut() -> u16 {
+        let mut state = seed;
+        move || {
+            state = state.wrapping_mul(1_103_515_245).wrapping_add(12345);
+            (state >> 8) as u16
+        }
+    }
+
     /// The one-pass conversion and reduction gives what converting and then
     /// reducing gives, for every kind of image.
     #[test]
     fn converting_while_reducing_equals_converting_then_reducing() {
-        let mut state = 11u32;
-        let mut next = move || {
-            state = state.wrapping_mul(1_103_515_245).wrapping_add(12345);
-            (state >> 8) as u16
-        };
+        let mut next = pseudo_random(11);
         let (w, h) = (37u32, 29u32);
         let mut bytes = |n: u32| (0..w * h * n).map(|_| next() as u8).collect::<Vec<u8>>();
         let images = [
@@ -339,11 +287,7 @@ mod tests {
     /// images of odd sizes (all alpha values and channel values occur).
     #[test]
     fn conversions_equal_their_per_pixel_definition() {
-        let mut state = 7u32;
-        let mut next = move || {
-            state = state.wrapping_mul(1_103_515_245).wrapping_add(12345);
-            (state >> 8) as u16
-        };
+        let mut next = pseudo_random(7);
         let (w, h) = (37u32, 29u32);
         let rgba8: Vec<u8> = (0..w * h * 4).map(|_| next() as u8).collect();
         let la8: Vec<u8> = (0..w * h * 2).map(|_| next() as u8).collect();
