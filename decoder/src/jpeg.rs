@@ -332,10 +332,13 @@ fn baseline_block(
     row: usize,
     col: usize,
 ) -> Result<()> {
-    let mut coef = [0i16; 64];
     let s = u32::from(bits.decode(dc)?);
     let diff = extend(bits.bits(s), s);
     c.dc_pred = c.dc_pred.wrapping_add(diff);
+    if c.size == 1 {
+        return dc_only_block(bits, c, ac, row, col);
+    }
+    let mut coef = [0i16; 64];
     coef[0] = c.dc_pred as i16;
     let mut k = 1;
     // The buffer's state in locals (registers) for the fast path:
@@ -381,6 +384,57 @@ fn baseline_block(
     let stride = c.bw_alloc * n;
     let at = row * n * stride + col * n;
     idct_sized(&coef, q, &mut c.plane[at..], stride, n);
+    Ok(())
+}
+
+/// The rest of a sequential block whose IDCT is 1x1 (a 1/8 decode): its
+/// AC coefficients are entropy-decoded only to be skipped, as
+/// libjpeg-turbo's `decode_mcu_fast` does when `ac_needed` is false, and
+/// the sample comes from the DC coefficient alone.
+#[inline(never)]
+fn dc_only_block(
+    bits: &mut Bits<'_>,
+    c: &mut Component,
+    ac: &Huffman,
+    row: usize,
+    col: usize,
+) -> Result<()> {
+    let mut k = 1;
+    let (mut acc, mut n) = (bits.acc, bits.n);
+    while k < 64 {
+        if n < 16 {
+            (bits.acc, bits.n) = (acc, n);
+            bits.fill();
+            (acc, n) = (bits.acc, bits.n);
+        }
+        let fast = ac.fast_ac[(acc >> (64 - FAST_BITS)) as usize];
+        if fast != 0 {
+            k += ((fast >> 4) & 15) as usize + 1;
+            let len = (fast & 15) as u32;
+            acc <<= len;
+            n -= len;
+            continue;
+        }
+        (bits.acc, bits.n) = (acc, n);
+        let rs = bits.decode(ac)?;
+        let (r, s) = (usize::from(rs >> 4), u32::from(rs & 15));
+        if s != 0 {
+            k += r;
+            bits.bits(s);
+        } else if r == 15 {
+            k += 15;
+        } else {
+            (acc, n) = (bits.acc, bits.n);
+            break;
+        }
+        k += 1;
+        (acc, n) = (bits.acc, bits.n);
+    }
+    (bits.acc, bits.n) = (acc, n);
+    let q = c.qt.as_ref().ok_or("missing quantisation table")?;
+    let dc = i64::from(c.dc_pred as i16) * i64::from(q[0]);
+    let stride = c.bw_alloc;
+    c.plane[row * stride + col] = limit64(descale64(dc, 3));
     Ok(())
 }
 
