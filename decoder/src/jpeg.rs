@@ -335,11 +335,35 @@ fn baseline_block(
     let s = u32::from(bits.decode(dc)?);
     let diff = extend(bits.bits(s), s);
     c.dc_pred = c.dc_pred.wrapping_add(diff);
+    let q = c.qt.as_ref().ok_or("missing quantisation table")?;
     if c.size == 1 {
-        return dc_only_block(bits, c, ac, row, col);
+        // A 1/8 decode reads the DC alone: the AC coefficients are
+        // entropy-decoded only to be skipped, unstored, as libjpeg-turbo's
+        // `decode_mcu_fast` does when `ac_needed` is false.
+        ac_coefficients(bits, ac, |_, _| {})?;
+        let dc = i64::from(c.dc_pred as i16) * i64::from(q[0]);
+        c.plane[row * c.bw_alloc + col] = limit64(descale64(dc, 3));
+        return Ok(());
     }
     let mut coef = [0i16; 64];
     coef[0] = c.dc_pred as i16;
+    ac_coefficients(bits, ac, |k, v| coef[NATURAL_ORDER[k]] = v)?;
+    let n = c.size;
+    let stride = c.bw_alloc * n;
+    let at = row * n * stride + col * n;
+    idct_sized(&coef, q, &mut c.plane[at..], stride, n);
+    Ok(())
+}
+
+/// Entropy-decodes a sequential block's AC coefficients, handing each
+/// nonzero one to `store` with its zigzag index (at most 79: a corrupt
+/// run may overshoot 63, which `NATURAL_ORDER`'s padding absorbs).
+#[inline(always)]
+fn ac_coefficients(
+    bits: &mut Bits<'_>,
+    ac: &Huffman,
+    mut store: impl FnMut(usize, i16),
+) -> Result<()> {
     let mut k = 1;
     // The buffer's state in locals (registers) for the fast path:
     // through `bits` it was stored and reloaded for every
@@ -358,7 +382,7 @@ fn baseline_block(
             let len = (fast & 15) as u32;
             acc <<= len;
             n -= len;
-            coef[NATURAL_ORDER[k]] = fast >> 8;
+            store(k, fast >> 8);
             k += 1;
             continue;
         }
@@ -367,8 +391,7 @@ fn baseline_block(
         let (r, s) = (usize::from(rs >> 4), u32::from(rs & 15));
         if s != 0 {
             k += r;
-            let v = extend(bits.bits(s), s);
-            coef[NATURAL_ORDER[k]] = v as i16;
+            store(k, extend(bits.bits(s), s) as i16);
         } else if r == 15 {
             k += 15;
         } else {
@@ -379,62 +402,6 @@ fn baseline_block(
         (acc, n) = (bits.acc, bits.n);
     }
     (bits.acc, bits.n) = (acc, n);
-    let q = c.qt.as_ref().ok_or("missing quantisation table")?;
-    let n = c.size;
-    let stride = c.bw_alloc * n;
-    let at = row * n * stride + col * n;
-    idct_sized(&coef, q, &mut c.plane[at..], stride, n);
-    Ok(())
-}
-
-/// The rest of a sequential block whose IDCT is 1x1 (a 1/8 decode): its
-/// AC coefficients are entropy-decoded only to be skipped, as
-/// libjpeg-turbo's `decode_mcu_fast` does when `ac_needed` is false, and
-/// the sample comes from the DC coefficient alone.
-#[inline(never)]
-fn dc_only_block(
-    bits: &mut Bits<'_>,
-    c: &mut Component,
-    ac: &Huffman,
-    row: usize,
-    col: usize,
-) -> Result<()> {
-    let mut k = 1;
-    let (mut acc, mut n) = (bits.acc, bits.n);
-    while k < 64 {
-        if n < 16 {
-            (bits.acc, bits.n) = (acc, n);
-            bits.fill();
-            (acc, n) = (bits.acc, bits.n);
-        }
-        let fast = ac.fast_ac[(acc >> (64 - FAST_BITS)) as usize];
-        if fast != 0 {
-            k += ((fast >> 4) & 15) as usize + 1;
-            let len = (fast & 15) as u32;
-            acc <<= len;
-            n -= len;
-            continue;
-        }
-        (bits.acc, bits.n) = (acc, n);
-        let rs = bits.decode(ac)?;
-        let (r, s) = (usize::from(rs >> 4), u32::from(rs & 15));
-        if s != 0 {
-            k += r;
-            bits.bits(s);
-        } else if r == 15 {
-            k += 15;
-        } else {
-            (acc, n) = (bits.acc, bits.n);
-            break;
-        }
-        k += 1;
-        (acc, n) = (bits.acc, bits.n);
-    }
-    (bits.acc, bits.n) = (acc, n);
-    let q = c.qt.as_ref().ok_or("missing quantisation table")?;
-    let dc = i64::from(c.dc_pred as i16) * i64::from(q[0]);
-    let stride = c.bw_alloc;
-    c.plane[row * stride + col] = limit64(descale64(dc, 3));
     Ok(())
 }
 
