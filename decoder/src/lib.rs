@@ -31,6 +31,7 @@
 //! JPEG, PNG, WebP, GIF (first frame), TIFF and BMP are decoded.
 #![warn(missing_docs)]
 
+mod avx2;
 mod decode;
 mod error;
 mod jpeg;
