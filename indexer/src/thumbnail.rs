@@ -44,7 +44,7 @@ pub fn thumbnail_size(width: u32, height: u32, max_side: u32) -> (u32, u32) {
 ///
 /// The image is scaled down so that its longer side is at most `max_side`
 /// ([`DEFAULT_THUMBNAIL_SIDE`] is 256), never up, with a Lanczos3 filter
-/// (`fast_image_resize`, SIMD), and encoded as a baseline 4:4:4 JPEG at
+/// (`fast_image_resize`, SIMD), and encoded as a baseline 4:2:0 JPEG at
 /// quality [`THUMBNAIL_QUALITY`] (`jpeg-encoder`, SIMD: several times
 /// faster than the `image` crate's encoder, same size and error). JPEG rather
 /// than WebP because the pure-Rust encoders only write lossless WebP, about
@@ -88,9 +88,11 @@ pub fn make_thumbnail(image: &RgbImage, max_side: u32) -> Result<Vec<u8>, IndexE
     };
     let mut jpeg = Vec::new();
     let mut encoder = Encoder::new(&mut jpeg, THUMBNAIL_QUALITY);
-    // Full-resolution chroma: 4:2:0 would save ~20 % of the bytes and cost
-    // ~0.3-0.9 levels of error on a 256-pixel thumbnail.
-    encoder.set_sampling_factor(SamplingFactor::F_1_1);
+    // Chroma at half resolution, as in most photo apps' thumbnails (and
+    // Pillow's JPEG default): on the shared photos 15 % fewer bytes and 40 %
+    // less encoding time than 4:4:4, for a mean error of 1.32 levels
+    // instead of 0.96.
+    encoder.set_sampling_factor(SamplingFactor::F_2_2);
     encoder
         .encode(pixels, jpeg_width, jpeg_height, ColorType::Rgb)
         .map_err(|e| IndexError::internal("encoding a thumbnail", e))?;
@@ -155,7 +157,9 @@ mod tests {
 
         // The thumbnail looks like the photo: compare with the photo
         // downscaled by an independent filter (the image crate's
-        // Catmull-Rom), allowing for JPEG loss.
+        // Catmull-Rom), allowing for JPEG loss (on these 39x64 pixels of
+        // fine colour detail: 5.3 levels with full-resolution chroma, 6.4
+        // with the 4:2:0 chroma thumbnails have).
         let reference = image::imageops::resize(
             &decoded.rgb,
             39,
@@ -163,7 +167,7 @@ mod tests {
             image::imageops::FilterType::CatmullRom,
         );
         let diff = mean_abs_diff(&thumb, &reference);
-        assert!(diff < 6.0, "mean abs diff {diff}");
+        assert!(diff < 7.5, "mean abs diff {diff}");
     }
 
     #[test]
