@@ -341,8 +341,7 @@ fn baseline_block(
         // entropy-decoded only to be skipped, unstored, as libjpeg-turbo's
         // `decode_mcu_fast` does when `ac_needed` is false.
         ac_coefficients(bits, ac, |_, _| {})?;
-        let dc = i64::from(c.dc_pred as i16) * i64::from(q[0]);
-        c.plane[row * c.bw_alloc + col] = limit64(descale64(dc, 3));
+        c.plane[row * c.bw_alloc + col] = idct_1x1(c.dc_pred as i16, q[0]);
         return Ok(());
     }
     let mut coef = [0i16; 64];
@@ -639,8 +638,15 @@ fn idct_sized(coef: &[i16; 64], q: &[u16; 64], out: &mut [u8], stride: usize, si
         8 => idct_islow(coef, q, out, stride),
         4 => idct_4x4(coef, q, out, stride),
         2 => idct_2x2(coef, q, out, stride),
-        _ => out[0] = limit64(descale64(dq(coef, q, 0), 3)),
+        _ => out[0] = idct_1x1(coef[0], q[0]),
     }
+}
+
+/// `jpeg_idct_1x1`: a block's one sample at 1/8, from its DC coefficient
+/// `dc` and quantiser `q0` alone.
+#[inline(always)]
+fn idct_1x1(dc: i16, q0: u16) -> u8 {
+    limit64(descale64(i64::from(dc) * i64::from(q0), 3))
 }
 
 /// The even and odd terms of `jidctred.c`'s 8-to-4 step over inputs
@@ -1354,9 +1360,9 @@ impl Decoder {
                 for (blocks, samples) in block_rows.zip(c.plane.chunks_exact_mut(n * stride)) {
                     if n == 1 {
                         // 1x1 IDCTs: the DC coefficient alone, one sample
-                        // per block (as `idct_sized` computes it).
+                        // per block.
                         for (&dc, sample) in blocks.iter().zip(samples.iter_mut()) {
-                            *sample = limit64(descale64(i64::from(dc) * i64::from(q[0]), 3));
+                            *sample = idct_1x1(dc, q[0]);
                         }
                         continue;
                     }
