@@ -34,6 +34,17 @@ const NATURAL_ORDER: [usize; 80] = [
     63, 63, 63, 63, 63, 63,
 ];
 
+/// Natural index → zigzag index: `NATURAL_ORDER`'s inverse (tested).
+const ZIGZAG_ORDER: [usize; 64] = {
+    let mut zigzag = [0; 64];
+    let mut k = 0;
+    while k < 64 {
+        zigzag[NATURAL_ORDER[k]] = k;
+        k += 1;
+    }
+    zigzag
+};
+
 /// Decodes `data` exactly as libjpeg-turbo would, or declines.
 #[cfg(test)]
 pub(crate) fn decode(data: &[u8]) -> Result<DynamicImage> {
@@ -70,6 +81,10 @@ struct Huffman {
     /// value bits when both fit in `FAST_BITS` and the value in an `i8`:
     /// `(value << 8) | (run << 4) | (code length + size)`, or 0.
     fast_ac: Box<[i16; 1 << FAST_BITS]>,
+    /// For DC tables, indexed the same way: a whole size code and its
+    /// value bits (the DC difference) when both fit in `FAST_BITS`:
+    /// `(difference << 8) | (code length + size)`, or 0.
+    fast_dc: Box<[i32; 1 << FAST_BITS]>,
     /// Largest code of each length (-1: none); index 17 is a sentinel.
     maxcode: [i32; 18],
     /// Added to a code of each length to index `values`.
@@ -139,13 +154,25 @@ impl Huffman {
                 *out = ((value << 8) | i32::from(run << 4) | (len + size) as i32) as i16;
             }
         }
+        let mut fast_dc = Box::new([0i32; 1 << FAST_BITS]);
+        for (i, (out, &e)) in fast_dc.iter_mut().zip(fast.iter()).enumerate() {
+            let (len, size) = (u32::from(e >> 8), u32::from(e & 0xFF));
+            if e == 0 || len + size > FAST_BITS {
+                continue;
+            }
+            let magnitude = ((i << len) & ((1 << FAST_BITS) - 1)) >> (FAST_BITS - size);
+            // `size` is at most 8 here: the difference fits in 9 bits.
+            *out = (extend(magnitude as u32, size) << 8) | (len + size) as i32;
+        }
         #[cfg(test)]
-        if tests::NO_AC_SHORTCUT.with(std::cell::Cell::get) {
+        if tests::NO_FAST_VALUES.with(std::cell::Cell::get) {
             fast_ac.fill(0);
+            fast_dc.fill(0);
         }
         Ok(Self {
             fast,
             fast_ac,
+            fast_dc,
             maxcode,
             valoffset,
             values: values.to_vec(),
@@ -273,6 +300,23 @@ impl<'a> Bits<'a> {
         self.decode_slow(h)
     }
 
+    /// A DC difference: a size code from `h` and that many value bits.
+    #[inline(always)]
+    fn dc_difference(&mut self, h: &Huffman) -> Result<i32> {
+        if self.n < 16 {
+            self.fill();
+        }
+        let e = h.fast_dc[(self.acc >> (64 - FAST_BITS)) as usize];
+        if e != 0 {
+            let len = (e & 0xFF) as u32;
+            self.acc <<= len;
+            self.n -= len;
+            return Ok(e >> 8);
+        }
+        let s = u32::from(self.decode(h)?);
+        Ok(extend(self.bits(s), s))
+    }
+
     /// Codes longer than `FAST_BITS` (libjpeg's `jpeg_huff_decode`).
     #[inline(never)]
     fn decode_slow(&mut self, h: &Huffman) -> Result<u8> {
@@ -332,8 +376,7 @@ fn baseline_block(
     row: usize,
     col: usize,
 ) -> Result<()> {
-    let s = u32::from(bits.decode(dc)?);
-    let diff = extend(bits.bits(s), s);
+    let diff = bits.dc_difference(dc)?;
     c.dc_pred = c.dc_pred.wrapping_add(diff);
     let q = c.qt.as_ref().ok_or("missing quantisation table")?;
     if c.size == 1 {
@@ -419,8 +462,8 @@ fn extend(v: u32, s: u32) -> i32 {
 /// jdphuff.c's correction bit for a coefficient already nonzero: `p1` is
 /// `1 << al`, `m1` is `-1 << al`.
 #[inline(always)]
-fn refine_coefficient(bits: &mut Bits<'_>, v: &mut i16, p1: i16, m1: i16) {
-    if bits.bit() && (*v & p1) == 0 {
+fn refine_coefficient(bit: bool, v: &mut i16, p1: i16, m1: i16) {
+    if bit && (*v & p1) == 0 {
         *v = if *v >= 0 {
             v.wrapping_add(p1)
         } else {
@@ -760,9 +803,14 @@ struct Component {
     size: usize,
     /// Samples, `bw_alloc * size` per row.
     plane: Vec<u8>,
-    /// Progressive only: coefficients, [`Component::coefs_per_block`] per
-    /// block in zigzag order (so a scan's band is contiguous), row-major
-    /// blocks.
+    /// Progressive only: each block's DC coefficient, row-major blocks. A
+    /// plane of its own, two bytes a block: the DC scans touch every block
+    /// for a bit or a few, and through 128-byte blocks they waited on
+    /// memory (a third of a progressive decode).
+    dc: Vec<i16>,
+    /// Progressive only, where [`Component::keeps_ac`]: 64 coefficients a
+    /// block in zigzag order (so a scan's band is contiguous; the first,
+    /// the DC one, is unused: it is in `dc`), row-major blocks.
     coefs: Vec<i16>,
     dc_pred: i32,
     dc_table: usize,
@@ -770,16 +818,12 @@ struct Component {
 }
 
 impl Component {
-    /// Coefficients kept per block of a progressive JPEG: all 64, or only
-    /// the DC one where the IDCT is 1x1 (a 1/8 reduction), which reads
-    /// nothing else — the AC scans of such a component are then skipped
-    /// unread.
-    fn coefs_per_block(&self) -> usize {
-        if self.size == 1 {
-            1
-        } else {
-            64
-        }
+    /// Whether a progressive JPEG's AC coefficients are kept for this
+    /// component: not where the IDCT is 1x1 (a 1/8 reduction), which reads
+    /// the DC one alone — the AC scans of such a component are then
+    /// skipped unread.
+    fn keeps_ac(&self) -> bool {
+        self.size > 1
     }
 }
 
@@ -1024,7 +1068,11 @@ impl Decoder {
             // Never-coded blocks decode to mid-grey, as in libjpeg.
             c.plane = vec![128u8; c.bw_alloc * c.size * c.bh_alloc * c.size];
             if progressive {
-                c.coefs = vec![0i16; c.bw_alloc * c.bh_alloc * c.coefs_per_block()];
+                let blocks = c.bw_alloc * c.bh_alloc;
+                c.dc = vec![0i16; blocks];
+                if c.keeps_ac() {
+                    c.coefs = vec![0i16; blocks * 64];
+                }
             }
         }
         Ok(())
@@ -1075,12 +1123,7 @@ impl Decoder {
         // AC scans of a component reduced to 1x1 blocks carry nothing its
         // IDCT reads (libjpeg decodes them all the same; the output is
         // identical): most of a progressive file's entropy decoding.
-        if self.progressive
-            && ss > 0
-            && members
-                .iter()
-                .all(|&ci| self.comps[ci].coefs_per_block() == 1)
-        {
+        if self.progressive && ss > 0 && members.iter().all(|&ci| !self.comps[ci].keeps_ac()) {
             return Ok(skip_entropy_data(data, start));
         }
         for &ci in &members {
@@ -1177,28 +1220,35 @@ impl Decoder {
                 for &ci in members {
                     let c = &mut comps[ci];
                     let (h, v) = if single { (1, 1) } else { (c.h, c.v) };
-                    for by in 0..v {
-                        let row = mcu_y * v + by;
-                        for bx in 0..h {
-                            let col = mcu_x * h + bx;
-                            if row >= c.bh_alloc || col >= c.bw_alloc {
-                                return Err("block outside the frame");
-                            }
-                            let per_block = c.coefs_per_block();
-                            let coef = c
-                                .coefs
-                                .get_mut((row * c.bw_alloc + col) * per_block)
-                                .ok_or("internal")?;
-                            if ah == 0 {
-                                let dc =
-                                    dc_tables[c.dc_table].as_ref().ok_or("missing DC table")?;
-                                let s = u32::from(bits.decode(dc)?);
-                                let diff = extend(bits.bits(s), s);
+                    let (row, col) = (mcu_y * v, mcu_x * h);
+                    if row + v > c.bh_alloc || col + h > c.bw_alloc {
+                        return Err("block outside the frame");
+                    }
+                    for row in row..row + v {
+                        let dcs = &mut c.dc[row * c.bw_alloc + col..][..h];
+                        if ah == 0 {
+                            let table = dc_tables[c.dc_table].as_ref().ok_or("missing DC table")?;
+                            for dc in dcs {
+                                let diff = bits.dc_difference(table)?;
                                 c.dc_pred = c.dc_pred.wrapping_add(diff);
-                                *coef = c.dc_pred.wrapping_shl(al) as i16;
-                            } else if bits.bit() {
-                                *coef |= (1i32 << al) as i16;
+                                *dc = c.dc_pred.wrapping_shl(al) as i16;
                             }
+                        } else {
+                            // One bit a block, taken from the buffer held in
+                            // locals (registers), as `ac_coefficients` does.
+                            let bit = (1i32 << al) as i16;
+                            let (mut acc, mut n) = (bits.acc, bits.n);
+                            for dc in dcs {
+                                if n == 0 {
+                                    (bits.acc, bits.n) = (acc, n);
+                                    bits.fill();
+                                    (acc, n) = (bits.acc, bits.n);
+                                }
+                                *dc |= bit & -((acc >> 63) as i16);
+                                acc <<= 1;
+                                n -= 1;
+                            }
+                            (bits.acc, bits.n) = (acc, n);
                         }
                     }
                 }
@@ -1227,25 +1277,12 @@ impl Decoder {
             return baseline_block(bits, c, dc, ac, row, col);
         }
 
-        let per_block = c.coefs_per_block();
-        let at = (row * c.bw_alloc + col) * per_block;
-        let coef = &mut c.coefs[at..at + per_block];
-        if ss == 0 {
-            // DC scans.
-            if ah == 0 {
-                let dc = self.dc[dc_table].as_ref().ok_or("missing DC table")?;
-                let s = u32::from(bits.decode(dc)?);
-                let diff = extend(bits.bits(s), s);
-                c.dc_pred = c.dc_pred.wrapping_add(diff);
-                coef[0] = c.dc_pred.wrapping_shl(al) as i16;
-            } else if bits.bit() {
-                coef[0] |= (1i32 << al) as i16;
-            }
-            return Ok(());
-        }
-        if per_block != 64 {
+        // DC scans are `dc_scan`'s.
+        if ss == 0 || !c.keeps_ac() {
             return Err("internal: an AC scan of a component kept at its DC coefficients");
         }
+        let at = (row * c.bw_alloc + col) * 64;
+        let coef = &mut c.coefs[at..at + 64];
         let ac = self.ac[ac_table].as_ref().ok_or("missing AC table")?;
         if ah == 0 {
             // jdphuff.c decode_mcu_AC_first.
@@ -1253,8 +1290,27 @@ impl Decoder {
                 self.eobrun -= 1;
                 return Ok(());
             }
+            // The bit buffer in locals and `fast_ac` as in
+            // `ac_coefficients`.
             let mut k = ss;
+            let (mut acc, mut n) = (bits.acc, bits.n);
             while k <= se {
+                if n < 16 {
+                    (bits.acc, bits.n) = (acc, n);
+                    bits.fill();
+                    (acc, n) = (bits.acc, bits.n);
+                }
+                let fast = ac.fast_ac[(acc >> (64 - FAST_BITS)) as usize];
+                if fast != 0 {
+                    k += ((fast >> 4) & 15) as usize;
+                    let len = (fast & 15) as u32;
+                    acc <<= len;
+                    n -= len;
+                    coef[k.min(63)] = i32::from(fast >> 8).wrapping_shl(al) as i16;
+                    k += 1;
+                    continue;
+                }
+                (bits.acc, bits.n) = (acc, n);
                 let rs = bits.decode(ac)?;
                 let (r, s) = (u32::from(rs >> 4), u32::from(rs & 15));
                 if s != 0 {
@@ -1269,10 +1325,13 @@ impl Decoder {
                         self.eobrun += bits.bits(r);
                     }
                     self.eobrun -= 1;
+                    (acc, n) = (bits.acc, bits.n);
                     break;
                 }
                 k += 1;
+                (acc, n) = (bits.acc, bits.n);
             }
+            (bits.acc, bits.n) = (acc, n);
             return Ok(());
         }
         // jdphuff.c decode_mcu_AC_refine, with the walk over the band done on
@@ -1280,7 +1339,6 @@ impl Decoder {
         // coefficient at a time (the same bits are read in the same order).
         let p1 = (1i32 << al) as i16;
         let m1 = ((-1i32) << al) as i16;
-        let refine = |bits: &mut Bits<'_>, v: &mut i16| refine_coefficient(bits, v, p1, m1);
         let coef: &mut [i16; 64] = coef.try_into().map_err(|_| "internal")?;
         // Refining keeps a nonzero coefficient nonzero, so the mask only
         // changes where a new coefficient is set.
@@ -1290,7 +1348,8 @@ impl Decoder {
             |bits: &mut Bits<'_>, coef: &mut [i16; 64], from: usize, to: usize, nonzero: u64| {
                 let mut todo = nonzero & bit_range(from, to);
                 while todo != 0 {
-                    refine(bits, &mut coef[todo.trailing_zeros() as usize]);
+                    let v = &mut coef[todo.trailing_zeros() as usize];
+                    refine_coefficient(bits.bit(), v, p1, m1);
                     todo &= todo - 1;
                 }
             };
@@ -1354,25 +1413,31 @@ impl Decoder {
                 let Some(q) = c.qt else { continue };
                 let n = c.size;
                 let stride = c.bw_alloc * n;
-                let per_block = c.coefs_per_block();
-                let mut natural = [0i16; 64];
-                let block_rows = c.coefs.chunks_exact(per_block * c.bw_alloc);
-                for (blocks, samples) in block_rows.zip(c.plane.chunks_exact_mut(n * stride)) {
-                    if n == 1 {
-                        // 1x1 IDCTs: the DC coefficient alone, one sample
-                        // per block.
-                        for (&dc, sample) in blocks.iter().zip(samples.iter_mut()) {
+                let dc_rows = c.dc.chunks_exact(c.bw_alloc);
+                if n == 1 {
+                    // 1x1 IDCTs: the DC coefficient alone, one sample per
+                    // block.
+                    for (dcs, samples) in dc_rows.zip(c.plane.chunks_exact_mut(stride)) {
+                        for (&dc, sample) in dcs.iter().zip(samples.iter_mut()) {
                             *sample = idct_1x1(dc, q[0]);
                         }
-                        continue;
                     }
-                    for (col, zigzag) in blocks.chunks_exact(per_block).enumerate() {
-                        for (&v, &z) in zigzag.iter().zip(&NATURAL_ORDER) {
-                            natural[z] = v;
+                } else {
+                    let block_rows = c.coefs.chunks_exact(64 * c.bw_alloc);
+                    let rows = dc_rows.zip(block_rows);
+                    for ((dcs, blocks), samples) in rows.zip(c.plane.chunks_exact_mut(n * stride)) {
+                        let blocks = blocks.chunks_exact(64).map(<&[i16; 64]>::try_from);
+                        for (col, (&dc, zigzag)) in dcs.iter().zip(blocks).enumerate() {
+                            let zigzag = zigzag.map_err(|_| "internal")?;
+                            // A gather with constant indices (unrolled).
+                            let mut natural: [i16; 64] =
+                                std::array::from_fn(|i| zigzag[ZIGZAG_ORDER[i]]);
+                            natural[0] = dc;
+                            idct_sized(&natural, &q, &mut samples[col * n..], stride, n);
                         }
-                        idct_sized(&natural, &q, &mut samples[col * n..], stride, n);
                     }
                 }
+                c.dc = Vec::new();
                 c.coefs = Vec::new();
             }
         }
@@ -1640,25 +1705,26 @@ mod tests {
     use super::*;
 
     thread_local! {
-        /// Set: Huffman tables are built without `fast_ac`, so a baseline
-        /// block reads every AC coefficient through `Bits::decode` and
+        /// Set: Huffman tables are built without `fast_ac` and `fast_dc`,
+        /// so a block reads every coefficient through `Bits::decode` and
         /// `Bits::bits`, handing the bit buffer over each time.
-        pub(super) static NO_AC_SHORTCUT: std::cell::Cell<bool> =
+        pub(super) static NO_FAST_VALUES: std::cell::Cell<bool> =
             const { std::cell::Cell::new(false) };
     }
 
-    /// `fast_ac` is a shortcut: without it (the bit buffer handed between a
-    /// block's locals and `bits` for every coefficient, not for some) every
-    /// fixture decodes to the same pixels, at full size and reduced.
+    /// `fast_ac` and `fast_dc` are shortcuts: without them (the bit buffer
+    /// handed between a block's locals and `bits` for every coefficient,
+    /// not for some) every fixture decodes to the same pixels, at full size
+    /// and reduced.
     #[test]
-    fn the_ac_shortcut_changes_nothing() {
+    fn the_value_shortcuts_change_nothing() {
         for path in fixture_jpegs() {
             let data = std::fs::read(&path).unwrap();
             for r in [1, 2, 4, 8] {
                 let with = decode_reduced(&data, r).unwrap();
-                NO_AC_SHORTCUT.with(|off| off.set(true));
+                NO_FAST_VALUES.with(|off| off.set(true));
                 let without = decode_reduced(&data, r);
-                NO_AC_SHORTCUT.with(|off| off.set(false));
+                NO_FAST_VALUES.with(|off| off.set(false));
                 let without = without.unwrap();
                 assert_eq!(
                     with.as_bytes(),
@@ -1864,8 +1930,8 @@ mod tests {
     fn one_eighth_keeps_dc_coefficients_only_where_the_idct_is_1x1() {
         let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/jpeg");
         for (name, expected) in [
-            ("progressive_444", [1, 1, 1]),
-            ("progressive_420", [1, 64, 64]),
+            ("progressive_444", [false, false, false]),
+            ("progressive_420", [false, true, true]),
         ] {
             let data = std::fs::read(dir.join(format!("{name}.jpg"))).unwrap();
             let mut d = Decoder {
@@ -1873,12 +1939,23 @@ mod tests {
                 ..Decoder::default()
             };
             d.run(&data).unwrap();
-            let kept: Vec<usize> = d.comps.iter().map(Component::coefs_per_block).collect();
+            let kept: Vec<bool> = d.comps.iter().map(Component::keeps_ac).collect();
             assert_eq!(kept, expected, "{name}");
             for c in &d.comps {
-                assert_eq!(c.coefs.len(), c.bw_alloc * c.bh_alloc * c.coefs_per_block());
+                let blocks = c.bw_alloc * c.bh_alloc;
+                assert_eq!(c.dc.len(), blocks);
+                assert_eq!(c.coefs.len(), if c.keeps_ac() { blocks * 64 } else { 0 });
             }
         }
+    }
+
+    #[test]
+    fn zigzag_order_inverts_natural_order() {
+        for k in 0..64 {
+            assert_eq!(ZIGZAG_ORDER[NATURAL_ORDER[k]], k);
+        }
+        // jpeg_natural_order's first row, spelled out.
+        assert_eq!(&NATURAL_ORDER[..8], &[0, 1, 8, 16, 9, 2, 3, 10]);
     }
 
     #[test]
