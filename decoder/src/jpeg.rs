@@ -383,13 +383,13 @@ fn baseline_block(
         // A 1/8 decode reads the DC alone: the AC coefficients are
         // entropy-decoded only to be skipped, unstored, as libjpeg-turbo's
         // `decode_mcu_fast` does when `ac_needed` is false.
-        ac_coefficients(bits, ac, |_, _| {})?;
+        ac_coefficients(bits, ac, (1, 63), |_, _| {})?;
         c.plane[row * c.bw_alloc + col] = idct_1x1(c.dc_pred as i16, q[0]);
         return Ok(());
     }
     let mut coef = [0i16; 64];
     coef[0] = c.dc_pred as i16;
-    ac_coefficients(bits, ac, |k, v| coef[NATURAL_ORDER[k]] = v)?;
+    ac_coefficients(bits, ac, (1, 63), |k, v| coef[NATURAL_ORDER[k]] = v)?;
     let n = c.size;
     let stride = c.bw_alloc * n;
     let at = row * n * stride + col * n;
@@ -397,22 +397,28 @@ fn baseline_block(
     Ok(())
 }
 
-/// Entropy-decodes a sequential block's AC coefficients, handing each
-/// nonzero one to `store` with its zigzag index (at most 79: a corrupt
-/// run may overshoot 63, which `NATURAL_ORDER`'s padding absorbs).
+/// Entropy-decodes a block's AC coefficients `from..=to` (zigzag
+/// indices: 1..=63 for a sequential block, a scan's band for a progressive
+/// AC-first scan), handing each nonzero one to `store` with its zigzag
+/// index (at most 79: a corrupt run may overshoot `to`, which callers
+/// absorb). Returns the end-of-band symbol's run bits `r` when the block
+/// ended with one before `to` (a sequential block just ends; a
+/// progressive scan reads an end-of-band run from it).
 #[inline(always)]
 fn ac_coefficients(
     bits: &mut Bits<'_>,
     ac: &Huffman,
+    (from, to): (usize, usize),
     mut store: impl FnMut(usize, i16),
-) -> Result<()> {
-    let mut k = 1;
+) -> Result<Option<u32>> {
+    let mut k = from;
+    let mut end_of_band = None;
     // The buffer's state in locals (registers) for the fast path:
     // through `bits` it was stored and reloaded for every
     // coefficient, on the loop's critical path. Written back
     // before anything else uses `bits`.
     let (mut acc, mut n) = (bits.acc, bits.n);
-    while k < 64 {
+    while k <= to {
         if n < 16 {
             (bits.acc, bits.n) = (acc, n);
             bits.fill();
@@ -433,10 +439,12 @@ fn ac_coefficients(
         let (r, s) = (usize::from(rs >> 4), u32::from(rs & 15));
         if s != 0 {
             k += r;
+            // At most 15 value bits: the value fits in an i16.
             store(k, extend(bits.bits(s), s) as i16);
         } else if r == 15 {
             k += 15;
         } else {
+            end_of_band = Some(r as u32);
             (acc, n) = (bits.acc, bits.n);
             break;
         }
@@ -444,7 +452,7 @@ fn ac_coefficients(
         (acc, n) = (bits.acc, bits.n);
     }
     (bits.acc, bits.n) = (acc, n);
-    Ok(())
+    Ok(end_of_band)
 }
 
 /// libjpeg's `HUFF_EXTEND`.
@@ -1290,48 +1298,14 @@ impl Decoder {
                 self.eobrun -= 1;
                 return Ok(());
             }
-            // The bit buffer in locals and `fast_ac` as in
-            // `ac_coefficients`.
-            let mut k = ss;
-            let (mut acc, mut n) = (bits.acc, bits.n);
-            while k <= se {
-                if n < 16 {
-                    (bits.acc, bits.n) = (acc, n);
-                    bits.fill();
-                    (acc, n) = (bits.acc, bits.n);
+            let store = |k: usize, v: i16| coef[k.min(63)] = i32::from(v).wrapping_shl(al) as i16;
+            if let Some(r) = ac_coefficients(bits, ac, (ss, se), store)? {
+                self.eobrun = 1 << r;
+                if r != 0 {
+                    self.eobrun += bits.bits(r);
                 }
-                let fast = ac.fast_ac[(acc >> (64 - FAST_BITS)) as usize];
-                if fast != 0 {
-                    k += ((fast >> 4) & 15) as usize;
-                    let len = (fast & 15) as u32;
-                    acc <<= len;
-                    n -= len;
-                    coef[k.min(63)] = i32::from(fast >> 8).wrapping_shl(al) as i16;
-                    k += 1;
-                    continue;
-                }
-                (bits.acc, bits.n) = (acc, n);
-                let rs = bits.decode(ac)?;
-                let (r, s) = (u32::from(rs >> 4), u32::from(rs & 15));
-                if s != 0 {
-                    k += r as usize;
-                    let v = extend(bits.bits(s), s);
-                    coef[k.min(63)] = v.wrapping_shl(al) as i16;
-                } else if r == 15 {
-                    k += 15;
-                } else {
-                    self.eobrun = 1 << r;
-                    if r != 0 {
-                        self.eobrun += bits.bits(r);
-                    }
-                    self.eobrun -= 1;
-                    (acc, n) = (bits.acc, bits.n);
-                    break;
-                }
-                k += 1;
-                (acc, n) = (bits.acc, bits.n);
+                self.eobrun -= 1;
             }
-            (bits.acc, bits.n) = (acc, n);
             return Ok(());
         }
         // jdphuff.c decode_mcu_AC_refine, with the walk over the band done on
