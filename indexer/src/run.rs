@@ -12,16 +12,6 @@
 //! flight, so memory stays flat whatever the library size. The writer
 //! commits in walk order, so ids are assigned in walk order: a run that is
 //! killed and restarted ends with the same ids as one that was not.
-//!
-//! The readers run at the lowest CPU priority (Linux: nice 19 for their
-//! threads alone). The model keeps every core busy except in its short
-//! serial steps; at equal priority the readers took their CPU time from
-//! the model's parallel steps (each of which then waits for its slowest
-//! thread) and sat blocked on a full queue during those serial steps. At
-//! the lowest priority they mostly run in the cores' idle moments, and
-//! the queue between them and the model ([`DECODED_BATCHES`] batches)
-//! lets them get ahead there. When the queue runs dry the model waits and
-//! the readers have the cores to themselves, so they never starve.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::Path;
@@ -46,11 +36,6 @@ use crate::walk::{FileKind, WalkEntry, WalkOptions, Walker};
 
 /// At most this many files are between the planner and the writer.
 pub const WINDOW: u64 = 128;
-
-/// Decoded images waiting for the model, in batches: enough for the
-/// readers to get ahead in the model's idle moments (see the module
-/// documentation); each image is ~0.6 MB of pixels (ViT-B/32).
-const DECODED_BATCHES: usize = 4;
 
 /// The longest a partial batch waits for images still being decoded.
 const PARTIAL_BATCH_WAIT: Duration = Duration::from_secs(2);
@@ -631,7 +616,7 @@ fn run_jobs(
     let decoding = AtomicUsize::new(0);
     let workers = options.workers.max(1);
     let (job_tx, job_rx) = bounded::<Job>(workers * 2);
-    let (decoded_tx, decoded_rx) = bounded::<Done>(options.batch_size.max(1) * DECODED_BATCHES);
+    let (decoded_tx, decoded_rx) = bounded::<Done>(options.batch_size.max(1) * 2);
     let (done_tx, done_rx) = bounded::<Done>(WINDOW as usize);
     let stop = || cancel.load(Ordering::Relaxed) || failed.load(Ordering::Relaxed);
 
@@ -658,7 +643,6 @@ fn run_jobs(
             let job_rx = job_rx.clone();
             let decoded_tx = decoded_tx.clone();
             scope.spawn(move || {
-                lower_this_threads_priority();
                 for job in job_rx {
                     decoding.fetch_add(1, Ordering::AcqRel);
                     let outcome = read_and_decode(&job, clip, options, known_hashes);
@@ -716,19 +700,6 @@ fn run_jobs(
         embedded?;
         writer.commit()
     })
-}
-
-/// Gives the calling thread the lowest CPU priority (nice 19), where the
-/// OS has per-thread priorities (Linux); elsewhere, or if refused, it
-/// keeps its priority: only the speed changes.
-fn lower_this_threads_priority() {
-    #[cfg(target_os = "linux")]
-    // SAFETY: plain system calls on the calling thread's own id; nothing
-    // is read or written through pointers.
-    unsafe {
-        let tid = libc::syscall(libc::SYS_gettid) as libc::id_t;
-        libc::setpriority(libc::PRIO_PROCESS, tid, 19);
-    }
 }
 
 /// Batches decoded images through the model; everything else passes on.
@@ -877,27 +848,6 @@ mod tests {
     use super::*;
     use glimpse_clip::default_device;
     use std::path::PathBuf;
-
-    /// A reader thread drops to nice 19; the thread that spawned it (the
-    /// model's side) keeps its priority.
-    #[cfg(target_os = "linux")]
-    #[test]
-    fn readers_run_at_the_lowest_priority_and_nothing_else_does() {
-        fn own_nice() -> i32 {
-            // SAFETY: system calls on the calling thread's own id.
-            unsafe {
-                let tid = libc::syscall(libc::SYS_gettid) as libc::id_t;
-                libc::getpriority(libc::PRIO_PROCESS, tid)
-            }
-        }
-        let before = own_nice();
-        let reader = std::thread::spawn(|| {
-            lower_this_threads_priority();
-            own_nice()
-        });
-        assert_eq!(reader.join().unwrap(), 19);
-        assert_eq!(own_nice(), before);
-    }
 
     /// A thumbnail side no JPEG can have is refused before anything is
     /// read or written, naming the size.
