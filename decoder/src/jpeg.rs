@@ -1200,9 +1200,9 @@ impl Decoder {
 
     /// A progressive DC scan (jdphuff.c `decode_mcu_DC_first` and
     /// `decode_mcu_DC_refine`) over `members`' blocks, `(mx, my)` MCUs (or
-    /// blocks, for one component): [`Decoder::block`]'s DC branch without
-    /// its per-block dispatch, which costs as much as the one or few bits a
-    /// DC coefficient takes.
+    /// blocks, for one component), into the components' DC planes: a loop
+    /// of its own, without [`Decoder::block`]'s per-block dispatch, which
+    /// costs as much as the one or few bits a DC coefficient takes.
     fn dc_scan(
         &mut self,
         bits: &mut Bits<'_>,
@@ -1235,7 +1235,10 @@ impl Decoder {
                         return Err("block outside the frame");
                     }
                     for row in row..row + v {
-                        let dcs = &mut c.dc[row * c.bw_alloc + col..][..h];
+                        let dcs =
+                            c.dc.get_mut(row * c.bw_alloc + col..)
+                                .and_then(|dcs| dcs.get_mut(..h))
+                                .ok_or("internal: a block outside the DC plane")?;
                         if ah == 0 {
                             let table = dc_tables[c.dc_table].as_ref().ok_or("missing DC table")?;
                             for dc in dcs {
@@ -1287,8 +1290,12 @@ impl Decoder {
             return baseline_block(bits, c, dc, ac, row, col);
         }
 
-        // DC scans are `dc_scan`'s.
-        if ss == 0 || !c.keeps_ac() {
+        // DC scans are `dc_scan`'s, and AC scans of a component without AC
+        // coefficients are skipped unread (`Decoder::scan`).
+        if ss == 0 {
+            return Err("internal: a DC scan in the AC block decoder");
+        }
+        if !c.keeps_ac() {
             return Err("internal: an AC scan of a component kept at its DC coefficients");
         }
         let at = (row * c.bw_alloc + col) * 64;
