@@ -148,8 +148,7 @@ impl Huffman {
             if e == 0 || size == 0 || len + size > FAST_BITS {
                 continue;
             }
-            let magnitude = ((i << len) & ((1 << FAST_BITS) - 1)) >> (FAST_BITS - size);
-            let value = extend(magnitude as u32, size);
+            let value = value_after_code(i, len, size);
             if (-128..=127).contains(&value) {
                 *out = ((value << 8) | i32::from(run << 4) | (len + size) as i32) as i16;
             }
@@ -160,9 +159,8 @@ impl Huffman {
             if e == 0 || len + size > FAST_BITS {
                 continue;
             }
-            let magnitude = ((i << len) & ((1 << FAST_BITS) - 1)) >> (FAST_BITS - size);
             // `size` is at most 8 here: the difference fits in 9 bits.
-            *out = (extend(magnitude as u32, size) << 8) | (len + size) as i32;
+            *out = (value_after_code(i, len, size) << 8) | (len + size) as i32;
         }
         #[cfg(test)]
         if tests::NO_FAST_VALUES.with(std::cell::Cell::get) {
@@ -178,6 +176,14 @@ impl Huffman {
             values: values.to_vec(),
         })
     }
+}
+
+/// In a lookup table indexed by the next `FAST_BITS` bits (`i`): the value
+/// whose `size` bits follow a code of `len` bits, extended
+/// (`len + size <= FAST_BITS`).
+fn value_after_code(i: usize, len: u32, size: u32) -> i32 {
+    let magnitude = ((i << len) & ((1 << FAST_BITS) - 1)) >> (FAST_BITS - size);
+    extend(magnitude as u32, size)
 }
 
 // ------------------------------------------------------------ bit reader
