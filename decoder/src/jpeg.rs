@@ -85,6 +85,12 @@ struct Huffman {
     /// value bits (the DC difference) when both fit in `FAST_BITS`:
     /// `(difference << 8) | (code length + size)`, or 0.
     fast_dc: Box<[i32; 1 << FAST_BITS]>,
+    /// For AC tables, indexed the same way, what skipping a coefficient
+    /// takes (its value unread): `(code length + size) | run << 5` for every
+    /// code of at most `FAST_BITS` bits whatever the size of its value, or
+    /// `code length | SKIP_END` for an end-of-block code; 0 for longer
+    /// codes.
+    skip_ac: Box<[u16; 1 << FAST_BITS]>,
     /// Largest code of each length (-1: none); index 17 is a sentinel.
     maxcode: [i32; 18],
     /// Added to a code of each length to index `values`.
@@ -162,21 +168,37 @@ impl Huffman {
             // `size` is at most 8 here: the difference fits in 9 bits.
             *out = (value_after_code(i, len, size) << 8) | (len + size) as i32;
         }
+        let mut skip_ac = Box::new([0u16; 1 << FAST_BITS]);
+        for (out, &e) in skip_ac.iter_mut().zip(fast.iter()) {
+            let (len, run, size) = (e >> 8, (e >> 4) & 15, e & 15);
+            *out = match (e, run, size) {
+                (0, ..) => 0,
+                // End of block.
+                (_, 0..=14, 0) => len | SKIP_END,
+                // A coefficient (ZRL: 15 zeros, then a zero one).
+                _ => (len + size) | run << 5,
+            };
+        }
         #[cfg(test)]
         if tests::NO_FAST_VALUES.with(std::cell::Cell::get) {
             fast_ac.fill(0);
             fast_dc.fill(0);
+            skip_ac.fill(0);
         }
         Ok(Self {
             fast,
             fast_ac,
             fast_dc,
+            skip_ac,
             maxcode,
             valoffset,
             values: values.to_vec(),
         })
     }
 }
+
+/// The flag of an end-of-block code in [`Huffman::skip_ac`].
+const SKIP_END: u16 = 1 << 9;
 
 /// In a lookup table indexed by the next `FAST_BITS` bits (`i`): the value
 /// whose `size` bits follow a code of `len` bits, extended
@@ -389,7 +411,7 @@ fn baseline_block(
         // A 1/8 decode reads the DC alone: the AC coefficients are
         // entropy-decoded only to be skipped, unstored, as libjpeg-turbo's
         // `decode_mcu_fast` does when `ac_needed` is false.
-        ac_coefficients(bits, ac, (1, 63), |_, _| {})?;
+        skip_ac_coefficients(bits, ac)?;
         c.plane[row * c.bw_alloc + col] = idct_1x1(c.dc_pred as i16, q[0]);
         return Ok(());
     }
@@ -459,6 +481,48 @@ fn ac_coefficients(
     }
     (bits.acc, bits.n) = (acc, n);
     Ok(end_of_band)
+}
+
+/// A sequential block's AC coefficients read past, unstored: the bits
+/// [`ac_coefficients`] would consume (the same codes, runs and end), one
+/// lookup per coefficient whose code fits in `FAST_BITS` bits whatever the
+/// size of its value, where `ac_coefficients` needs code and value to fit.
+#[inline(always)]
+fn skip_ac_coefficients(bits: &mut Bits<'_>, ac: &Huffman) -> Result<()> {
+    let mut k = 1;
+    // In locals, as in `ac_coefficients`.
+    let (mut acc, mut n) = (bits.acc, bits.n);
+    while k <= 63 {
+        // A code of up to 9 bits and up to 15 value bits.
+        if n < 24 {
+            (bits.acc, bits.n) = (acc, n);
+            bits.fill();
+            (acc, n) = (bits.acc, bits.n);
+        }
+        let e = ac.skip_ac[(acc >> (64 - FAST_BITS)) as usize];
+        if e != 0 {
+            let len = u32::from(e & 31);
+            acc <<= len;
+            n -= len;
+            if e & SKIP_END != 0 {
+                break;
+            }
+            k += usize::from(e >> 5) + 1;
+            continue;
+        }
+        (bits.acc, bits.n) = (acc, n);
+        let rs = bits.decode(ac)?;
+        let (r, s) = (usize::from(rs >> 4), u32::from(rs & 15));
+        if s == 0 && r != 15 {
+            (acc, n) = (bits.acc, bits.n);
+            break;
+        }
+        bits.bits(s);
+        k += r + 1;
+        (acc, n) = (bits.acc, bits.n);
+    }
+    (bits.acc, bits.n) = (acc, n);
+    Ok(())
 }
 
 /// libjpeg's `HUFF_EXTEND`.
@@ -1915,6 +1979,54 @@ mod tests {
     /// skips their AC scans, and still matches the full decode's layout: a
     /// progressive 4:4:4 file (every component 1x1) and a 4:2:0 one (chroma
     /// at 2x2 keeps all 64).
+    /// Skipping a block's AC coefficients consumes exactly the bits that
+    /// decoding them does, block after block, and fails where decoding
+    /// fails: random entropy data (with stuffed bytes and a marker at the
+    /// end) read through a table with the shape of the standard luminance
+    /// AC table (codes of 2 to 16 bits, values of up to 10 bits).
+    #[test]
+    fn skipping_ac_coefficients_reads_what_decoding_them_reads() {
+        let counts = [0, 2, 1, 3, 3, 2, 4, 3, 5, 5, 4, 4, 0, 0, 1, 125];
+        // End of block, then every run/size by size and run, ZRL last.
+        let mut values = vec![0x00u8];
+        for size in 1..=10u8 {
+            values.extend((0..16u8).map(|run| run << 4 | size));
+        }
+        values.push(0xF0);
+        let ac = Huffman::new(&counts, &values).unwrap();
+        let mut state = 99u32;
+        let mut next = || {
+            state = state.wrapping_mul(1_103_515_245).wrapping_add(12345);
+            (state >> 16) as u8
+        };
+        let mut blocks = 0;
+        for _ in 0..20 {
+            let mut data = Vec::new();
+            for _ in 0..4000 {
+                let b = next();
+                data.push(b);
+                if b == 0xFF {
+                    data.push(0);
+                }
+            }
+            data.extend([0xFF, 0xD9]);
+            let (mut decoding, mut skipping) = (Bits::new(&data, 0), Bits::new(&data, 0));
+            loop {
+                let decoded = ac_coefficients(&mut decoding, &ac, (1, 63), |_, _| {}).map(|_| ());
+                let skipped = skip_ac_coefficients(&mut skipping, &ac);
+                assert_eq!(decoded, skipped, "block {blocks}");
+                if decoded.is_err() || decoding.overran() {
+                    assert_eq!(decoding.overran(), skipping.overran());
+                    break;
+                }
+                // Both are at the same bit: the next bits agree.
+                assert_eq!(decoding.bits(13), skipping.bits(13), "block {blocks}");
+                blocks += 1;
+            }
+        }
+        assert!(blocks > 1000, "only {blocks} blocks read");
+    }
+
     #[test]
     fn one_eighth_keeps_dc_coefficients_only_where_the_idct_is_1x1() {
         let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/jpeg");
