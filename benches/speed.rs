@@ -14,9 +14,10 @@
 //!   embedded images/s, next to the model alone at the indexer's batch size:
 //!   three runs (one with `--quick`), each compared with the model alone
 //!   timed just before and just after it, and the median of their ratios;
-//!   the same with `--exact-decode` (every image at full size); and, for the images the default run reduces,
-//!   how far their preprocessed pixels and embeddings are from the
-//!   full-size decode's (`reduced_decoding`); and the CPU budget: what the
+//!   the same with `--exact-decode` (every image at full size); and, for
+//!   the images the default run reduces, how far their preprocessed pixels
+//!   and embeddings are from the full-size decode's (`reduced_decoding`);
+//!   and the CPU budget: what the
 //!   readers do besides the model (read, hash, decode, pixels, thumbnail)
 //!   in CPU seconds on one thread, next to the process's CPU seconds while
 //!   the model runs alone (both for the images the run embedded), the

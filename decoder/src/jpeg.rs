@@ -1975,10 +1975,6 @@ mod tests {
         assert_eq!(skip_entropy_data(&[0x00, 0xFF], 5), 2);
     }
 
-    /// Decoding at 1/8 keeps only the DC coefficients of 1x1 components and
-    /// skips their AC scans, and still matches the full decode's layout: a
-    /// progressive 4:4:4 file (every component 1x1) and a 4:2:0 one (chroma
-    /// at 2x2 keeps all 64).
     /// Skipping a block's AC coefficients consumes exactly the bits that
     /// decoding them does, block after block, and fails where decoding
     /// fails: random entropy data (with stuffed bytes and a marker at the
@@ -2027,6 +2023,10 @@ mod tests {
         assert!(blocks > 1000, "only {blocks} blocks read");
     }
 
+    /// Decoding at 1/8 keeps only the DC coefficients of 1x1 components and
+    /// skips their AC scans, and still matches the full decode's layout: a
+    /// progressive 4:4:4 file (every component 1x1) and a 4:2:0 one (chroma
+    /// at 2x2 keeps all 64).
     #[test]
     fn one_eighth_keeps_dc_coefficients_only_where_the_idct_is_1x1() {
         let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/jpeg");
